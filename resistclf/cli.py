@@ -1,0 +1,41 @@
+"""Command line: ``resistclf <command>``. Parsing only; the work is in ``reports/``."""
+
+import argparse
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="resistclf",
+        description="Detect and correct a network's mistakes by how hard they are to attack.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="Run the study on scikit-learn's bundled digits; needs no download."
+    )
+    demo.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
+    demo.add_argument("--max-iter", type=_positive_int, default=500,
+                      help="Attack steps (default: 500).")
+    demo.add_argument("--json", metavar="PATH", help="Also write the results as JSON here.")
+    demo.add_argument("--quiet", action="store_true", help="Hide progress bars.")
+    demo.set_defaults(run="resistclf.reports.demo")
+    return parser
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def main(argv=None):
+    """Parse ``argv`` and run the chosen command."""
+    from importlib import import_module
+
+    args = build_parser().parse_args(argv)
+    import_module(args.run).main(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Metrics for error detection and top-k accuracy, with bootstrap intervals.
+
+Detection treats the net's errors as the positive class. A score is "higher
+means more likely an error": pass ``-res_n`` for resistance features and
+``-max_softmax`` for the confidence baseline.
+"""
+
+import numpy as np
+from scipy.stats import bootstrap
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+
+def fpr_at_tpr(is_error, error_score, tpr=0.95):
+    """False-positive rate at the first threshold that reaches ``tpr`` true positives."""
+    fpr, tpr_curve, _ = roc_curve(is_error, error_score)
+    return float(fpr[np.searchsorted(tpr_curve, tpr, side="left")])
+
+
+def detection_metrics(is_error, error_score):
+    """AUROC, AUPR (errors positive) and FPR at 95% TPR of an error score.
+
+    Parameters
+    ----------
+    is_error : array-like of bool, shape (n_samples,)
+    error_score : array-like of shape (n_samples,)
+        Higher means more likely an error.
+
+    Returns
+    -------
+    metrics : dict
+        ``auroc``, ``aupr`` and ``fpr_at_95_tpr``; NaN where there are no
+        errors or no correct predictions.
+    """
+    is_error = np.asarray(is_error, dtype=bool)
+    if is_error.all() or not is_error.any():
+        return {"auroc": np.nan, "aupr": np.nan, "fpr_at_95_tpr": np.nan}
+    return {
+        "auroc": float(roc_auc_score(is_error, error_score)),
+        "aupr": float(average_precision_score(is_error, error_score)),
+        "fpr_at_95_tpr": fpr_at_tpr(is_error, error_score),
+    }
+
+
+def topk_accuracy(y_true, ranked_labels):
+    """Fraction of samples whose true label is among their ranked labels.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+    ranked_labels : array-like of shape (n_samples, k)
+
+    Returns
+    -------
+    accuracy : float
+    """
+    ranked_labels = np.asarray(ranked_labels)
+    return float((ranked_labels == np.asarray(y_true)[:, None]).any(axis=1).mean())
+
+
+def softmax_topk(proba, classes, k):
+    """The ``k`` most probable labels per sample, best first."""
+    return np.asarray(classes)[np.argsort(-np.asarray(proba), axis=1, kind="stable")[:, :k]]
+
+
+def bootstrap_interval(statistic, *arrays, n_resamples=1000, confidence=0.95,
+                       random_state=0):
+    """Percentile bootstrap interval of ``statistic(*arrays)``, resampling samples jointly.
+
+    Parameters
+    ----------
+    statistic : callable
+        Takes the arrays (resampled together, along their first axis) and
+        returns a float.
+    *arrays : array-like of shape (n_samples, ...)
+    n_resamples : int, default=1000
+    confidence : float, default=0.95
+    random_state : int, default=0
+
+    Returns
+    -------
+    low, high : float
+        NaN where the statistic is undefined on the resamples.
+    """
+    index = np.arange(len(arrays[0]))
+    result = bootstrap(
+        (index,),
+        lambda i: statistic(*(np.asarray(a)[i] for a in arrays)),
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=False,
+        random_state=random_state,
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)

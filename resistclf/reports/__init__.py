@@ -1,0 +1,1 @@
+"""The study commands: each builds its results, then prints or writes a report."""

@@ -1,0 +1,80 @@
+"""The study's data and reference network, shared by every report and benchmark."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..datasets import load_fashion_mnist, load_mnist
+from ..models import SimpleCNN, make_net
+
+DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
+
+#: Training of the reference CNN: Adam, learning rate 1e-3, batches of 128.
+REFERENCE_EPOCHS = 20
+
+
+def load_dataset(name, root, *, download=False):
+    """Training and test splits of ``name`` ("mnist" or "fashion-mnist").
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : ndarrays
+        Images of shape (n, 1, 28, 28), float32 in [0, 1]; int64 labels.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}; got {name!r}.")
+    load = DATASETS[name]
+    return (*load(root, train=True, download=download), *load(root, train=False,
+                                                               download=download))
+
+
+def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, verbose=True):
+    """The reference CNN trained on ``X_train``, loaded from ``cache`` if it is there.
+
+    Parameters
+    ----------
+    X_train, y_train : ndarrays
+        Training images and labels.
+    cache : path
+        File for the trained parameters; a JSON file beside it records how the
+        net was trained, and a cached net is reused only if that matches.
+    seed : int, default=0
+        Seeds torch for the initialisation and the batch order.
+    epochs : int, default=REFERENCE_EPOCHS
+    verbose : bool, default=True
+        Print skorch's epoch log while training.
+
+    Returns
+    -------
+    net : skorch.NeuralNetClassifier
+        Trained.
+    info : dict
+        How it was trained, and how long that took.
+    """
+    cache = Path(cache)
+    info = {"architecture": "SimpleCNN()", "epochs": epochs, "seed": seed,
+            "n_train": int(len(X_train)), "optimizer": "Adam(lr=1e-3), batch_size=128"}
+    info_path = cache.with_suffix(".json")
+    net = make_net(SimpleCNN, max_epochs=epochs, verbose=int(verbose),
+                   n_classes=int(y_train.max()) + 1)
+    if cache.exists() and info_path.exists():
+        recorded = json.loads(info_path.read_text())
+        if {k: recorded.get(k) for k in info} == info:
+            net.initialize()
+            net.load_params(f_params=cache)
+            return net, recorded
+    if verbose:
+        print(f"Training the reference CNN on {len(X_train)} images for {epochs} epochs...",
+              file=sys.stderr)
+    start = time.perf_counter()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net.fit(X_train, y_train)
+    info["train_seconds"] = round(time.perf_counter() - start, 1)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    net.save_params(f_params=cache)
+    info_path.write_text(json.dumps(info, indent=2))
+    return net, info

@@ -1,0 +1,254 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from resistclf import AttackResult, ResistanceAttack
+
+
+def reference_attack(module, x, max_iter, step_size, thresholds=(0.2, 0.9)):
+    """The write-up's attack on one image, written plainly with autograd, in float64."""
+    module = copy.deepcopy(module).double().eval()
+    x = x.double()[None]
+    c0 = module(x).argmax(1).item()
+    r = torch.zeros_like(x)
+    norms, confs, preds = [], [], []
+    for step in range(max_iter + 1):
+        r = r.detach().requires_grad_(True)
+        logits = module(x + r)[0]
+        # softmax(z)[c0] = sigmoid(-logsumexp(z_j - z_c0, j != c0)), written so
+        # that autograd does not lose 1 - Conf to rounding.
+        others = torch.cat([logits[:c0], logits[c0 + 1 :]])
+        conf = torch.sigmoid(-torch.logsumexp(others - logits[c0], dim=0))
+        norm = r.norm()
+        norms.append(norm.item())
+        confs.append(conf.item())
+        preds.append(logits.argmax().item())
+        if step == max_iter:
+            break
+        low, high = thresholds
+        # r = 0 only at step 0, where the norm's (sub)gradient is taken as 0.
+        norm_term = norm if step > 0 else 0.0 * norm
+        loss = norm_term if conf < low else conf + norm_term if conf < high else conf - norm_term
+        (grad,) = torch.autograd.grad(loss, r)
+        r = r - step_size * grad
+    return np.array(norms), np.array(confs), np.array(preds), c0
+
+
+@pytest.fixture(scope="module")
+def cnn_module(trained_cnn):
+    return trained_cnn.module_
+
+
+def test_attack_matches_plain_autograd_reference(cnn_module, digits):
+    _, _, X, _ = digits
+    X = torch.tensor(X[:4])
+    # Few steps: later the attack bounces across the Conf thresholds, and
+    # rounding differences between the two ways of computing grow quickly.
+    attack = ResistanceAttack(max_iter=15, step_size=0.2)
+    result = attack(copy.deepcopy(cnn_module).double(), X.double(), return_trace=True)
+    assert result.flipped.any()
+    for i in range(len(X)):
+        norms, confs, preds, c0 = reference_attack(cnn_module, X[i], 15, 0.2)
+        assert result.c0[i] == c0
+        np.testing.assert_allclose(result.norm_trace[i], norms, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(result.conf_trace[i], confs, rtol=1e-6, atol=1e-12)
+        changed = np.flatnonzero(preds[1:] != c0) + 1
+        assert result.res_min[i] == (changed[0] if len(changed) else 16)
+        assert result.res_n[i] == pytest.approx(norms[-1])
+        assert result.res_max[i] == pytest.approx(norms.max())
+
+
+def test_attack_batched_equals_one_image_at_a_time(cnn_module, digits):
+    # The attack's last phase is chaotic: without fixed-shape batches, the
+    # 1e-7 differences of a kernel picked for one row instead of 12 grow to
+    # about step_size in Res_N.
+    _, _, X, _ = digits
+    X = torch.tensor(X[:12])
+    attack = ResistanceAttack(max_iter=300, step_size=0.2, batch_size=16)
+    batched = attack(cnn_module, X)
+    alone = AttackResult.concatenate([attack(cnn_module, X[i : i + 1]) for i in range(len(X))])
+    for name in ["res_n", "res_max", "res_min", "flipped", "adversarial_class", "c0", "conf0"]:
+        np.testing.assert_allclose(getattr(batched, name), getattr(alone, name), rtol=1e-6)
+
+
+def test_attack_result_fields_are_consistent(cnn_module, digits):
+    _, _, X, _ = digits
+    result = ResistanceAttack(max_iter=60)(cnn_module, torch.tensor(X[:30]), return_trace=True)
+    assert result.features.shape == (30, 3) and result.features.dtype == np.float64
+    assert result.conf_trace.shape == result.norm_trace.shape == (30, 61)
+    np.testing.assert_allclose(result.norm_trace[:, -1], result.res_n, rtol=1e-6)
+    np.testing.assert_allclose(result.norm_trace.max(axis=1), result.res_max, rtol=1e-6)
+    np.testing.assert_allclose(result.conf_trace[:, 0], result.conf0, rtol=1e-6)
+    assert result.flipped.any()
+    assert np.all(result.adversarial_class[result.flipped] != result.c0[result.flipped])
+    assert np.all(result.res_min[result.flipped] <= 60)
+
+
+def test_attack_never_flipped_is_marked():
+    # Two identical logits that no input can separate: the prediction never changes.
+    module = nn.Sequential(nn.Linear(4, 1), _Duplicate())
+    result = ResistanceAttack(max_iter=20)(module, torch.rand(3, 4))
+    assert not result.flipped.any()
+    np.testing.assert_array_equal(result.res_min, 21)
+    np.testing.assert_array_equal(result.adversarial_class, result.c0)
+
+
+class _Duplicate(nn.Module):
+    """Logits (z, z - 1): class 0 always wins, and Conf has no gradient."""
+
+    def forward(self, z):
+        return torch.cat([z, z - 1.0], dim=1)
+
+
+def test_attack_rank_attacks_away_from_runner_up(cnn_module, digits):
+    _, _, X, _ = digits
+    X = torch.tensor(X[:30])
+    with torch.no_grad():
+        ranking = cnn_module.eval()(X).argsort(dim=1, descending=True).numpy()
+    result = ResistanceAttack(max_iter=100)(cnn_module, X, rank=1)
+    np.testing.assert_array_equal(result.c0, ranking[:, 1])
+    assert result.flipped.mean() > 0.5
+    # The class ranked above is removed, so the attack cannot land there.
+    assert np.all(result.adversarial_class != ranking[:, 0])
+
+
+@pytest.mark.parametrize("norm", ["l1", "linf"])
+def test_attack_other_norms_run_and_flip(cnn_module, digits, norm):
+    _, _, X, _ = digits
+    step = {"l1": 0.2, "linf": 0.01}[norm]
+    result = ResistanceAttack(max_iter=300, norm=norm, step_size=step)(
+        cnn_module, torch.tensor(X[:10])
+    )
+    assert np.all(result.res_n >= 0) and result.flipped.any()
+
+
+class _RecordsInputRange(nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.low, self.high = module, np.inf, -np.inf
+
+    def forward(self, x):
+        self.low, self.high = min(self.low, x.min().item()), max(self.high, x.max().item())
+        return self.module(x)
+
+
+@pytest.mark.parametrize("clip", [None, (0.0, 1.0)])
+def test_attack_clip_keeps_perturbed_input_in_box(cnn_module, digits, clip):
+    _, _, X, _ = digits
+    module = _RecordsInputRange(cnn_module)
+    ResistanceAttack(max_iter=50, clip=clip)(module, torch.tensor(X[:10]))
+    inside = 0.0 <= module.low and module.high <= 1.0
+    assert inside == (clip is not None)
+
+
+def test_attack_adam_optimizer_runs(cnn_module, digits):
+    _, _, X, _ = digits
+    result = ResistanceAttack(max_iter=100, optimizer="adam", step_size=0.05)(
+        cnn_module, torch.tensor(X[:10])
+    )
+    assert result.flipped.any()
+
+
+def test_attack_does_not_modify_input(cnn_module, digits):
+    _, _, X, _ = digits
+    X = torch.tensor(X[:5])
+    before = X.clone()
+    ResistanceAttack(max_iter=20)(cnn_module, X)
+    assert torch.equal(X, before)
+
+
+class _Explodes(nn.Module):
+    def __init__(self, after):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.calls, self.after = 0, after
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > self.after:
+            raise RuntimeError("boom")
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("after", [0, 3])
+def test_attack_restores_module_state_after_exception(after):
+    module = _Explodes(after).train()
+    module.linear.weight.requires_grad_(True)
+    module.linear.bias.requires_grad_(False)
+    with pytest.raises((RuntimeError, ValueError), match="boom"):
+        ResistanceAttack(max_iter=10)(module, torch.rand(2, 4))
+    assert module.training and module.linear.training
+    assert module.linear.weight.requires_grad and not module.linear.bias.requires_grad
+
+
+def test_attack_restores_module_state_and_computes_no_parameter_gradients(cnn_module, digits):
+    _, _, X, _ = digits
+    grads = [None if p.grad is None else p.grad.clone() for p in cnn_module.parameters()]
+    cnn_module.train()
+    ResistanceAttack(max_iter=5)(cnn_module, torch.tensor(X[:4]))
+    assert cnn_module.training
+    cnn_module.eval()
+    for p, grad in zip(cnn_module.parameters(), grads):
+        assert p.requires_grad
+        assert (p.grad is None and grad is None) or torch.equal(p.grad, grad)
+
+
+def test_attack_runs_under_no_grad(cnn_module, digits):
+    _, _, X, _ = digits
+    with torch.no_grad():
+        result = ResistanceAttack(max_iter=30)(cnn_module, torch.tensor(X[:4]))
+    assert np.all(result.res_max > 0)
+
+
+def test_attack_verbose_shows_progress(cnn_module, digits, capsys):
+    _, _, X, _ = digits
+    ResistanceAttack(max_iter=2, batch_size=2, verbose=True)(cnn_module, torch.tensor(X[:4]))
+    assert "resistance attack" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"max_iter": 0}, "max_iter"),
+        ({"step_size": -1.0}, "step_size"),
+        ({"norm": "l3"}, "norm"),
+        ({"thresholds": (0.9, 0.2)}, "thresholds"),
+        ({"thresholds": (0.2,)}, "thresholds"),
+        ({"clip": (1.0, 0.0)}, "clip"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_attack_invalid_settings_raise(params, match):
+    with pytest.raises(ValueError, match=match):
+        ResistanceAttack(**params)(nn.Linear(4, 3), torch.rand(2, 4))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_attack_cuda_without_cuda_raises():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        ResistanceAttack(device="cuda")(nn.Linear(4, 3), torch.rand(2, 4))
+
+
+@pytest.mark.parametrize(
+    "module, X, match",
+    [
+        (nn.Linear(4, 3), np.zeros((2, 4), dtype=np.float32), "torch.Tensor"),
+        (nn.Linear(4, 3), torch.zeros(0, 4), "at least one sample"),
+        (nn.Linear(4, 3), torch.zeros(4), "shape"),
+        (nn.Linear(4, 3), torch.zeros(2, 5), "cannot take input of shape"),
+        (nn.Linear(4, 1), torch.zeros(2, 4), "n_classes >= 2"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Flatten(0)), torch.zeros(2, 4), "one score per class"),
+    ],
+)
+def test_attack_bad_input_raises(module, X, match):
+    with pytest.raises(ValueError, match=match):
+        ResistanceAttack(max_iter=2)(module, X)
+
+
+def test_attack_rank_out_of_range_raises():
+    with pytest.raises(ValueError, match="rank=3 is out of range"):
+        ResistanceAttack(max_iter=2)(nn.Linear(4, 3), torch.rand(2, 4), rank=3)
