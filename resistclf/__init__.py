@@ -1,8 +1,9 @@
 """resistclf: detect and correct a network's mistakes by how hard they are to attack."""
 
 from ._attack import AttackResult, ResistanceAttack
+from ._cache import AttackCache
 from ._estimator import ResistanceClassifier
 
 __version__ = "0.1.0"
 
-__all__ = ["AttackResult", "ResistanceAttack", "ResistanceClassifier", "__version__"]
+__all__ = ["AttackCache", "AttackResult", "ResistanceAttack", "ResistanceClassifier", "__version__"]

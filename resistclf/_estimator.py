@@ -33,6 +33,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from ._attack import FEATURE_NAMES, AttackResult, ResistanceAttack
+from ._cache import AttackCache
 from ._nets import (
     check_net,
     eval_mode,
@@ -111,6 +112,10 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         probabilities with ``NLLLoss`` (skorch's default criterion), logits
         with ``CrossEntropyLoss``; a torch module returns logits.
         Probabilities are turned into log-probabilities for the attack.
+    cache : AttackCache or None, default=None
+        Keeps each image's attack result, so that ``fit``, ``transform``,
+        ``predict``, ``predict_topk`` and the clones made by cross-validation
+        attack an image once. None attacks afresh on every call.
     random_state : int, RandomState instance or None, default=None
         Seeds the net's training (torch's RNG is seeded inside a forked RNG
         state, so the global state is left alone), the hold-out split and
@@ -168,6 +173,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         ],
         "threshold": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both")],
         "net_output": [StrOptions({"auto", "logits", "proba"})],
+        "cache": [AttackCache, None],
         "random_state": ["random_state"],
     }
 
@@ -180,6 +186,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         cv="auto",
         threshold="auto",
         net_output="auto",
+        cache=None,
         random_state=None,
     ):
         self.net = net
@@ -188,6 +195,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         self.cv = cv
         self.threshold = threshold
         self.net_output = net_output
+        self.cache = cache
         self.random_state = random_state
 
     def __sklearn_clone__(self):
@@ -288,7 +296,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         net = clone(inner).set_params(classes=list(self.classes_))
         with torch.random.fork_rng():
             torch.manual_seed(rng.randint(2**31))
-            net.fit(torch.tensor(X, dtype=torch.float32), y_idx)
+            net.fit(_to_tensor(X), y_idx)
         net_classes(net, self._n_outputs(X[:1], net))  # the module must fit classes_
         return net
 
@@ -490,14 +498,16 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
 
     def _attack(self, X, rank=0):
         attack = ResistanceAttack() if self.attack is None else self.attack
-        return attack(self._module(), torch.tensor(X, dtype=torch.float32), rank=rank)
+        if self.cache is not None:
+            return self.cache.attack(attack, self._module(), X, rank=rank)
+        return attack(self._module(), _to_tensor(X), rank=rank)
 
     def _logits(self, X, net=None):
         """The net's logits for X, as a float32 CPU tensor."""
         module = self._module(net)
         batch_size = (ResistanceAttack() if self.attack is None else self.attack).batch_size
         device, dtype = module_device(module), module_dtype(module)
-        X = torch.tensor(X, dtype=dtype)
+        X = _to_tensor(X).to(dtype)
         with eval_mode(module), torch.no_grad():
             return torch.cat([
                 forward(module, X[i : i + batch_size].to(device)).float().cpu()
@@ -511,6 +521,11 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         proba = self.detector_.predict_proba(results.features)
         # Sums to 0 (or 1) if the detector only ever saw correct (or wrong) predictions.
         return proba[:, self.detector_.classes_ == 1].sum(axis=1)
+
+
+def _to_tensor(X):
+    """A float32 tensor holding a copy of X, whatever X's strides and flags."""
+    return torch.from_numpy(np.array(X, dtype=np.float32))
 
 
 def _best_threshold(proba, gain):

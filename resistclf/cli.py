@@ -19,6 +19,25 @@ def build_parser():
     demo.add_argument("--json", metavar="PATH", help="Also write the results as JSON here.")
     demo.add_argument("--quiet", action="store_true", help="Hide progress bars.")
     demo.set_defaults(run="resistclf.reports.demo")
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="Reproduce the write-up on MNIST or FashionMNIST, each claim beside its baseline.",
+    )
+    reproduce.add_argument("--dataset", required=True, choices=["mnist", "fashion-mnist"])
+    reproduce.add_argument("--root", required=True,
+                           help="Folder with the torchvision raw files (MNIST/raw, ...).")
+    reproduce.add_argument("--download", action="store_true",
+                           help="Let torchvision download missing files.")
+    reproduce.add_argument("--out", help="Output folder (default: results/reproduce-DATASET). "
+                                         "The trained net and attack results are cached there.")
+    reproduce.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
+    reproduce.add_argument("--limit", type=_positive_int,
+                           help="Attack only this many test images, drawn at random.")
+    reproduce.add_argument("--max-iter", type=_positive_int, default=500,
+                           help="Attack steps (default: 500).")
+    reproduce.add_argument("--quiet", action="store_true", help="Hide progress.")
+    reproduce.set_defaults(run="resistclf.reports.reproduce")
     return parser
 
 

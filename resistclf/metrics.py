@@ -5,8 +5,10 @@ means more likely an error": pass ``-res_n`` for resistance features and
 ``-max_softmax`` for the confidence baseline.
 """
 
+import warnings
+
 import numpy as np
-from scipy.stats import bootstrap
+from scipy.stats import DegenerateDataWarning, bootstrap
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
@@ -66,6 +68,9 @@ def bootstrap_interval(statistic, *arrays, n_resamples=1000, confidence=0.95,
                        random_state=0):
     """Percentile bootstrap interval of ``statistic(*arrays)``, resampling samples jointly.
 
+    Resamples on which the statistic is undefined (NaN, such as an AUROC on a
+    resample with no errors) are left out.
+
     Parameters
     ----------
     statistic : callable
@@ -79,16 +84,22 @@ def bootstrap_interval(statistic, *arrays, n_resamples=1000, confidence=0.95,
     Returns
     -------
     low, high : float
-        NaN where the statistic is undefined on the resamples.
+        NaN if the statistic is undefined on every resample.
     """
-    index = np.arange(len(arrays[0]))
-    result = bootstrap(
-        (index,),
-        lambda i: statistic(*(np.asarray(a)[i] for a in arrays)),
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        vectorized=False,
-        random_state=random_state,
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    with warnings.catch_warnings():
+        # A constant statistic (a rate of 0 or 1) is a valid, zero-width interval.
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        result = bootstrap(
+            (np.arange(len(arrays[0])),),
+            lambda i: statistic(*(np.asarray(a)[i] for a in arrays)),
+            n_resamples=n_resamples,
+            method="percentile",
+            vectorized=False,
+            random_state=random_state,
+        )
+    values = result.bootstrap_distribution
+    if np.isnan(values).all():
+        return np.nan, np.nan
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.nanpercentile(values, [tail, 100 - tail])
+    return float(low), float(high)

@@ -163,6 +163,7 @@ def test_classifier_does_not_modify_inputs_and_accepts_readonly(fitted, digits):
     clf.predict(X)
     clf.transform(X)
     clf.predict_topk(X, k=3)
+    clf.predict(X[::-1])  # negative strides
     np.testing.assert_array_equal(X, X_before)
     np.testing.assert_array_equal(y, y_before)
 

@@ -1,0 +1,435 @@
+"""``resistclf reproduce``: the write-up's claims on MNIST or FashionMNIST, beside baselines.
+
+Every figure is measured on one network, the reference CNN, and sits next to what the
+network's own softmax gives: max-softmax for detection, the softmax second choice for
+correction, softmax top-k for top-k.
+"""
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import entropy
+from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .. import AttackCache, ResistanceAttack, ResistanceClassifier
+from ..metrics import bootstrap_interval, detection_metrics, softmax_topk
+from ..plotting import plot_attack_traces, plot_histograms, plot_image_grid, plot_roc_curves
+from ._reference import load_dataset, reference_net
+from ._report import environment, table, with_interval, write_report
+
+#: The write-up's own figures (its networks, trained on the full training sets).
+WRITEUP = {
+    "mnist": {"errors": 62, "res_n_q10_correct": 0.97, "res_n_q90_incorrect": 0.57,
+              "corrected": 53, "top2_error": 0.0009},
+    "fashion-mnist": {"errors": 876, "corrected": 613, "top2_error": 0.026},
+}
+NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+FOLDS = 5
+
+
+@contextmanager
+def _phase(name, timings, verbose):
+    if verbose:
+        print(f"[reproduce] {name}...", file=sys.stderr)
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 1)
+
+
+def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max_iter=500,
+                  n_resamples=1000, verbose=True):
+    """Run the study on ``dataset`` and write the report to ``out``.
+
+    Parameters
+    ----------
+    dataset : {"mnist", "fashion-mnist"}
+    root : path
+        Folder that holds the torchvision raw files (``MNIST/raw``, ...).
+    out : path
+        Output folder. The trained net and the attack results are cached there,
+        so a rerun reuses them.
+    download : bool, default=False
+        Let torchvision fetch missing files.
+    seed : int, default=0
+        Seeds the net's training, the ``limit`` subset, folds and bootstrap.
+    limit : int or None, default=None
+        Attack only this many test images, drawn at random (a quick run).
+    max_iter : int, default=500
+        Attack steps.
+    n_resamples : int, default=1000
+        Bootstrap resamples for the 95% intervals.
+    verbose : bool, default=True
+        Progress on standard error.
+
+    Returns
+    -------
+    results : dict
+        What ``results.json`` holds.
+    """
+    out = Path(out)
+    timings = {}
+    with _phase("load the data and the reference net", timings, verbose):
+        X_train, y_train, X_test, y_test = load_dataset(dataset, root, download=download)
+        net, net_info = reference_net(X_train, y_train, cache=out / "net.pt", seed=seed,
+                                      verbose=verbose)
+    if limit is not None and limit < len(X_test):
+        keep = np.sort(np.random.RandomState(seed).choice(len(X_test), limit, replace=False))
+        X_test, y_test = X_test[keep], y_test[keep]
+
+    cache_path = out / "attack-cache.joblib"
+    cache = AttackCache.load(cache_path) if cache_path.exists() else AttackCache()
+    attack = ResistanceAttack(max_iter=max_iter, verbose=verbose)
+    clf = ResistanceClassifier(FrozenEstimator(net), attack=attack, cache=cache,
+                               random_state=seed)
+    with _phase("attack the test set", timings, verbose):
+        # Fitting on the test set only gives access to its attack results;
+        # everything evaluated below is out-of-fold.
+        clf.fit(X_test, y_test)
+        result = clf.attack_results(X_test)
+        cache.save(cache_path)
+    with _phase("attack away from the runner-ups (top-5)", timings, verbose):
+        top5 = clf.predict_topk(X_test, k=5)
+        cache.save(cache_path)
+    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
+    with _phase(f"{FOLDS}-fold cross-validation of detect-then-correct", timings, verbose):
+        corrected_pred = np.empty_like(y_test)
+        detector_oof = np.empty(len(y_test))
+        for train, held in folds.split(X_test, y_test):
+            fold = clone(clf).fit(X_test[train], y_test[train])
+            corrected_pred[held] = fold.predict(X_test[held])
+            detector_oof[held] = fold.predict_error_proba(X_test[held])
+
+    with _phase("metrics and bootstrap intervals", timings, verbose):
+        results = _analyse(dataset, clf, X_test, y_test, result, top5, corrected_pred,
+                           detector_oof, folds, seed, n_resamples)
+    per_sample = results.pop("per_sample")
+    with _phase("traces of a hard and an easy image", timings, verbose):
+        hard, easy = _hard_and_easy(result, per_sample["is_error"])
+        traced = clone(attack).set_params(verbose=False)(
+            net.module_, _tensor(X_test[[hard, easy]]), return_trace=True)
+    results.update({
+        "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
+        "n_test": int(len(X_test)), "net": net_info, "attack": attack.get_params(),
+        "threshold_folds": FOLDS, "n_resamples": n_resamples, "environment": environment(),
+        "traced_images": {"hard": int(hard), "easy": int(easy)},
+    })
+    with _phase("figures and report", timings, verbose):
+        figures = _figures(per_sample, X_test, y_test, result, traced, hard, easy)
+    results["seconds"] = timings
+    write_report(out, _markdown(results), results, figures)
+    return results
+
+
+def _tensor(X):
+    import torch
+
+    return torch.from_numpy(np.array(X, dtype=np.float32))
+
+
+def _analyse(dataset, clf, X, y, result, top5, corrected_pred, detector_oof, folds, seed,
+             n_resamples):
+    classes = clf.classes_
+    proba = clf.predict_proba(X)
+    pred = classes[result.c0]
+    adversarial = classes[result.adversarial_class]
+    second = softmax_topk(proba, classes, 2)[:, 1]
+    is_error = pred != y
+    sorted_proba = np.sort(proba, axis=1)
+    resist_and_conf = np.column_stack([result.features, sorted_proba[:, -1]])
+    combined_oof = cross_val_predict(
+        make_pipeline(StandardScaler(), LogisticRegression()), resist_and_conf, is_error,
+        cv=folds, method="predict_proba",
+    )[:, 1]
+    scores = {
+        "Res_N": -result.res_n,
+        "Res_max": -result.res_max,
+        "Res_min": -result.res_min.astype(float),
+        "LR(resistance), out-of-fold": detector_oof,
+        "max-softmax": -sorted_proba[:, -1],
+        "softmax margin": -(sorted_proba[:, -1] - sorted_proba[:, -2]),
+        "softmax entropy": entropy(proba, axis=1),
+        "LR(resistance + max-softmax), out-of-fold": combined_oof,
+    }
+
+    def ci(statistic, *arrays):
+        return bootstrap_interval(statistic, *arrays, n_resamples=n_resamples,
+                                  random_state=seed)
+
+    def rate(mask):
+        return {"value": float(np.mean(mask)), "ci": ci(np.mean, mask), "count": int(np.sum(mask)),
+                "of": int(len(mask))}
+
+    detection = {}
+    for name, score in scores.items():
+        metrics = detection_metrics(is_error, score)
+        detection[name] = {
+            key: {"value": value,
+                  "ci": ci(lambda e, s, key=key: detection_metrics(e, s)[key], is_error, score)}
+            for key, value in metrics.items()
+        }
+
+    separation = {}
+    for name, values in [("Res_N", result.res_n), ("Res_max", result.res_max),
+                         ("Res_min", result.res_min.astype(float)),
+                         ("max-softmax", sorted_proba[:, -1])]:
+        separation[name] = {
+            "q10_correct": float(np.quantile(values[~is_error], 0.1)),
+            "q90_incorrect": float(np.quantile(values[is_error], 0.9)) if is_error.any() else None,
+        }
+    writeup = WRITEUP[dataset]
+    if "res_n_q10_correct" in writeup:
+        separation["Res_N"]["at_writeup_thresholds"] = {
+            "correct_above": float(np.mean(result.res_n[~is_error] > writeup["res_n_q10_correct"])),
+            "incorrect_below": float(np.mean(result.res_n[is_error]
+                                             < writeup["res_n_q90_incorrect"])),
+        }
+
+    errors = is_error.nonzero()[0]
+    softmax5 = softmax_topk(proba, classes, 5)
+    return {
+        "per_sample": {"is_error": is_error, "scores": scores, "label": classes[result.c0],
+                       "adversarial": adversarial, "second": second},
+        "errors": rate(is_error),
+        "flip_rate": {"correct": rate(result.flipped[~is_error]),
+                      "incorrect": rate(result.flipped[is_error])},
+        "separation": separation,
+        "detection": detection,
+        "correction": {
+            "adversarial_class_is_true": rate(adversarial[errors] == y[errors]),
+            "second_choice_is_true": rate(second[errors] == y[errors]),
+            "adversarial_is_second_choice_errors": rate(adversarial[errors] == second[errors]),
+            "adversarial_is_second_choice_all_flipped": rate(
+                adversarial[result.flipped] == second[result.flipped]),
+        },
+        "topk_error": {
+            "top2_predict_topk": rate(~(top5[:, :2] == y[:, None]).any(axis=1)),
+            "top2_softmax": rate(~(softmax5[:, :2] == y[:, None]).any(axis=1)),
+            "top5_predict_topk": rate(~(top5 == y[:, None]).any(axis=1)),
+            "top5_softmax": rate(~(softmax5 == y[:, None]).any(axis=1)),
+        },
+        "detect_then_correct": {
+            "accuracy_net": rate(pred == y),
+            "accuracy_resistance_classifier": rate(corrected_pred == y),
+            "difference": {
+                "value": float(np.mean(corrected_pred == y) - np.mean(pred == y)),
+                "ci": ci(lambda c, p, t: np.mean(c == t) - np.mean(p == t), corrected_pred, pred,
+                         y),
+            },
+            "changed": int(np.sum(corrected_pred != pred)),
+            "changed_to_true": int(np.sum((corrected_pred != pred) & (corrected_pred == y))),
+            "changed_from_true": int(np.sum((corrected_pred != pred) & (pred == y))),
+        },
+    }
+
+
+def _hard_and_easy(result, is_error):
+    """A correctly classified image at the 90th percentile of Res_N among correct ones
+    (hard to attack) and a misclassified one at the median of Res_N among errors (easy)."""
+    def at_quantile(mask, q):
+        candidates = np.flatnonzero(mask)
+        values = result.res_n[candidates]
+        return candidates[np.argmin(np.abs(values - np.quantile(values, q)))]
+
+    easy_pool = is_error if is_error.any() else ~is_error
+    return at_quantile(~is_error, 0.9), at_quantile(easy_pool, 0.5)
+
+
+def _figures(per_sample, X, y, result, traced, hard, easy):
+    is_error, scores = per_sample["is_error"], per_sample["scores"]
+    errors = np.flatnonzero(is_error)[:40]
+    label = lambda i: f"{'correct' if not is_error[i] else 'misclassified'} {y[i]}"  # noqa
+    return {
+        "traces": plot_attack_traces(
+            traced.conf_trace, traced.norm_trace, X[[hard, easy]],
+            [f"hard: {label(hard)}, Res_min {result.res_min[hard]}, Res_N "
+             f"{result.res_n[hard]:.2f}",
+             f"easy: {label(easy)}, Res_min {result.res_min[easy]}, Res_N "
+             f"{result.res_n[easy]:.2f}"]),
+        "histograms": plot_histograms(
+            [result.res_n, result.res_max, result.res_min.astype(float), -scores["max-softmax"]],
+            is_error, ["Res_N", "Res_max", "Res_min (steps)", "max-softmax (baseline)"]),
+        "roc": plot_roc_curves(is_error, scores),
+        "errors": plot_image_grid(
+            X[errors],
+            [f"true {y[i]} pred {per_sample['label'][i]}\nadv {per_sample['adversarial'][i]} "
+             f"2nd {per_sample['second'][i]}" for i in errors]),
+    }
+
+
+def _markdown(r):
+    dataset = NAMES[r["dataset"]]
+    writeup = WRITEUP[r["dataset"]]
+    pct = lambda d: with_interval(d["value"], d["ci"], percent=True)  # noqa: E731
+    count = lambda d: f"{d['count']} of {d['of']}"  # noqa: E731
+    sep, det, cor, topk, dtc = (r["separation"], r["detection"], r["correction"],
+                                r["topk_error"], r["detect_then_correct"])
+    auroc = lambda name: with_interval(det[name]["auroc"]["value"], det[name]["auroc"]["ci"])  # noqa
+    lines = [
+        f"# Reproducing the write-up on {dataset}",
+        "",
+        f"Reference CNN ({r['net']['architecture']}, {r['net']['optimizer']}, "
+        f"{r['net']['epochs']} epochs, seed {r['seed']}) trained on **{r['n_train']:,} training "
+        f"images**; attacked on **{r['n_test']:,} test images**"
+        + (f" (a random subset, `--limit {r['limit']}`)" if r["limit"] else "") + ". "
+        f"Attack: {r['attack']['max_iter']} steps of size {r['attack']['step_size']}, "
+        f"{r['attack']['norm'].upper()} norm, thresholds {tuple(r['attack']['thresholds'])}. "
+        "Brackets hold bootstrap 95% intervals "
+        f"({r['n_resamples']} resamples of the test images).",
+        "",
+    ]
+    if r["dataset"] == "mnist" and r["n_train"] < 60000:
+        lines += [f"MNIST's training split here holds only the first {r['n_train']:,} of the "
+                  "official 60,000 images, so this net makes more errors than one trained on "
+                  "all of them, and than the write-up's.", ""]
+    lines += [
+        "## Summary: the write-up, ours, and the baseline on the same net",
+        "",
+        table(["", "write-up", "ours (resistance)", "baseline (softmax, same net)"], [
+            ["test errors", writeup["errors"], count(r["errors"]) + f" ({pct(r['errors'])})",
+             ""],
+            ["90% of correct have Res_N above", writeup.get("res_n_q10_correct", "not given"),
+             f"{sep['Res_N']['q10_correct']:.3f}",
+             f"max-softmax above {sep['max-softmax']['q10_correct']:.4f}"],
+            ["90% of incorrect have Res_N below", writeup.get("res_n_q90_incorrect",
+                                                               "not given"),
+             _maybe(sep["Res_N"]["q90_incorrect"]),
+             f"max-softmax below {_maybe(sep['max-softmax']['q90_incorrect'], 4)}"],
+            ["error-detection AUROC", "not given", f"Res_N {auroc('Res_N')}",
+             f"max-softmax {auroc('max-softmax')}"],
+            ["errors whose true label is recovered", f"{writeup['corrected']} of "
+             f"{writeup['errors']}", f"{count(cor['adversarial_class_is_true'])} (adversarial "
+             "class)", f"{count(cor['second_choice_is_true'])} (softmax second choice)"],
+            ["top-2 error", f"{100 * writeup['top2_error']:.2f}%",
+             pct(topk["top2_predict_topk"]), pct(topk["top2_softmax"])],
+            ["top-5 error", "not given", pct(topk["top5_predict_topk"]),
+             pct(topk["top5_softmax"])],
+            ["top-1 accuracy, detect then correct", "\"not as well as intended\"",
+             pct(dtc["accuracy_resistance_classifier"]), pct(dtc["accuracy_net"]) + " (net)"],
+        ]),
+        "",
+        "## 1. The network",
+        "",
+        f"{count(r['errors'])} test images misclassified: error rate {pct(r['errors'])}. "
+        f"The attack changed the prediction of {pct(r['flip_rate']['correct'])} of the "
+        f"correctly classified images and {pct(r['flip_rate']['incorrect'])} of the "
+        f"misclassified ones within {r['attack']['max_iter']} steps.",
+        "",
+        "## 2. Separation, in the write-up's form",
+        "",
+        "\"90% of correctly classified images have a value above q; 90% of misclassified images "
+        "have a value below q'\" (q is the 10% quantile among correct predictions, q' the 90% "
+        "quantile among errors). The two groups' central 90% do not overlap when q > q'.",
+        "",
+        table(["score", "q (correct, 10%)", "q' (incorrect, 90%)", "q > q'"],
+              [[name, f"{v['q10_correct']:.4g}", _maybe(v["q90_incorrect"], 4),
+                "yes" if v["q90_incorrect"] is not None and v["q10_correct"] > v["q90_incorrect"]
+                else "no"] for name, v in sep.items()]),
+        "",
+    ]
+    if "at_writeup_thresholds" in sep["Res_N"]:
+        at = sep["Res_N"]["at_writeup_thresholds"]
+        lines += [f"At the write-up's own thresholds: {100 * at['correct_above']:.1f}% of correct "
+                  f"predictions have Res_N above {writeup['res_n_q10_correct']} and "
+                  f"{100 * at['incorrect_below']:.1f}% of errors have Res_N below "
+                  f"{writeup['res_n_q90_incorrect']}. (Res_N's scale depends on the step size "
+                  "and on how images are scaled, so the quantiles above are the fairer "
+                  "comparison.)", ""]
+    lines += [
+        "## 3. Detecting the net's errors",
+        "",
+        "Errors are the positive class. Learned detectors (LR: standardised logistic regression)"
+        f" are scored on {r['threshold_folds']}-fold out-of-fold predictions only.",
+        "",
+        table(["detector", "AUROC", "AUPR", "FPR at 95% TPR"],
+              [[name, *(with_interval(m[k]["value"], m[k]["ci"])
+                        for k in ("auroc", "aupr", "fpr_at_95_tpr"))] for name, m in det.items()]),
+        "",
+        "![ROC curves](roc.png)",
+        "",
+        "![Histograms](histograms.png)",
+        "",
+        "## 4. Adversarial correction",
+        "",
+        table(["among the net's errors", "count", "rate"], [
+            ["adversarial class = true label", count(cor["adversarial_class_is_true"]),
+             pct(cor["adversarial_class_is_true"])],
+            ["softmax second choice = true label (baseline)", count(cor["second_choice_is_true"]),
+             pct(cor["second_choice_is_true"])],
+            ["adversarial class = softmax second choice",
+             count(cor["adversarial_is_second_choice_errors"]),
+             pct(cor["adversarial_is_second_choice_errors"])],
+        ]),
+        "",
+        "Over every image whose prediction flipped, the adversarial class equals the softmax "
+        f"second choice for {pct(cor['adversarial_is_second_choice_all_flipped'])}.",
+        "",
+        "![Misclassified images](errors.png)",
+        "",
+        "## 5. Top-k",
+        "",
+        table(["", "resistance (`predict_topk`)", "softmax top-k (baseline)"], [
+            ["top-2 error", pct(topk["top2_predict_topk"]), pct(topk["top2_softmax"])],
+            ["top-5 error", pct(topk["top5_predict_topk"]), pct(topk["top5_softmax"])],
+        ]),
+        "",
+        "Top-2 is [prediction, adversarial correction]; top-5 merges the net's top three classes "
+        "with the classes the attack lands in away from each (see "
+        "`ResistanceClassifier.predict_topk`).",
+        "",
+        "## 6. Detect, then correct",
+        "",
+        f"`ResistanceClassifier` under {r['threshold_folds']}-fold cross-validation over the test "
+        "set, the net kept fixed (`FrozenEstimator`): each fold's detector and threshold are fit "
+        "on the other folds.",
+        "",
+        table(["", "top-1 accuracy"], [
+            ["net", pct(dtc["accuracy_net"])],
+            ["ResistanceClassifier", pct(dtc["accuracy_resistance_classifier"])],
+            ["difference", with_interval(dtc["difference"]["value"], dtc["difference"]["ci"],
+                                         percent=True)],
+        ]),
+        "",
+        f"It changed {dtc['changed']} predictions: {dtc['changed_to_true']} to the true label, "
+        f"{dtc['changed_from_true']} away from a correct one.",
+        "",
+        "## 7. An image hard to attack and one easy to attack",
+        "",
+        "Conf of the original class (blue) and |r| (red) over the attack, as in the write-up's "
+        "figure.",
+        "",
+        "![Attack traces](traces.png)",
+        "",
+        "## Settings, versions and timings",
+        "",
+        f"- Attack: `{_call('ResistanceAttack', r['attack'])}`",
+        f"- Net: {', '.join(f'{k} {v}' for k, v in r['net'].items())}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in r['environment'].items() if k != 'machine')}",
+        f"- Machine: {r['environment']['machine']}",
+        f"- Seed {r['seed']}; wall time per phase (s): "
+        + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _maybe(value, digits=3):
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def _call(name, params):
+    return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
+
+
+def main(args):
+    """Entry point of ``resistclf reproduce``."""
+    out = args.out or f"results/reproduce-{args.dataset}"
+    run_reproduce(args.dataset, args.root, out=out, download=args.download, seed=args.seed,
+                  limit=args.limit, max_iter=args.max_iter, verbose=not args.quiet)
