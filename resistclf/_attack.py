@@ -1,12 +1,15 @@
 """The resistance attack: how hard it is to change a network's prediction."""
 
+import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from tqdm.auto import tqdm
 
@@ -115,6 +118,7 @@ def _linf_grad(r, norm):
 
 
 _NORMS = {"l2": (_l2, _l2_grad), "l1": (_l1, _l1_grad), "linf": (_linf, _linf_grad)}
+_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ResistanceAttack(BaseEstimator):
@@ -144,9 +148,10 @@ class ResistanceAttack(BaseEstimator):
     step_size : float, default=0.15
         Learning rate of the optimizer. With plain gradient descent and the L2
         norm, each step moves ``r`` by at most about ``step_size`` in norm from
-        the ``|r|`` term. 0.1 lies inside the range (0.05 to 0.2) where at
-        least 97% of correctly classified MNIST and FashionMNIST test images
-        change prediction within 500 steps with the reference CNN; see
+        the ``|r|`` term. 0.15 is the smallest value tried at which at least
+        97% of correctly classified MNIST and FashionMNIST test images change
+        prediction within 500 steps with the reference CNN, while Res_N still
+        separates correct from incorrect predictions; see
         ``docs/step_size.rst``.
     norm : {"l2", "l1", "linf"}, default="l2"
         Norm of the perturbation, computed over each image's values.
@@ -157,13 +162,37 @@ class ResistanceAttack(BaseEstimator):
         after every step.
     optimizer : {"sgd", "adam"}, default="sgd"
         Plain gradient descent (the write-up's), or Adam.
-    batch_size : int, default=256
-        Number of images attacked at once.
+    batch_size : int or "auto", default=256
+        Number of images attacked at once. ``"auto"`` times a few steps at
+        batch sizes from 16 up and takes the smallest within 10% of the best
+        throughput whose estimated memory fits the budget (a quarter of the
+        RAM on CPU, half the free memory on CUDA). Results depend on the batch
+        size in their last digits (see Notes), so set an integer for
+        bit-for-bit reproducible numbers.
+    precision : {"float32", "bfloat16", "float16"}, default="float32"
+        Precision of the module's forward and backward passes, through
+        :func:`torch.autocast`; the attack's own bookkeeping stays in float32.
+        Reduced precision is faster on hardware that supports it (bfloat16 on
+        recent x86 CPUs, both on CUDA) and changes results; see the README's
+        performance section for how much.
+    early_exit : int or None, default=None
+        If set, an image leaves the batch, and the next one takes its place,
+        once its prediction has flipped and neither Res_max nor the
+        adversarial class has changed for ``early_exit`` steps: the attack has
+        settled into its oscillation across the Conf thresholds. Res_N is then
+        ``|r|`` at that step rather than at step ``max_iter``. Only with
+        ``optimizer="sgd"`` and without traces.
     device : str, torch.device or None, default=None
         Where to run. None runs on the module's own device. Otherwise the
         module is moved there for the attack and moved back afterwards.
+    n_jobs : int or None, default=None
+        Number of joblib workers, each attacking a share of the images with
+        its own copy of the module. None means 1. Use a process-based joblib
+        backend (loky, the default; or dask or ray through
+        ``joblib.parallel_config(backend=...)``) so that workers do not share
+        the module.
     verbose : bool, default=False
-        Show a progress bar over batches.
+        Show a progress bar over images.
 
     Notes
     -----
@@ -176,16 +205,17 @@ class ResistanceAttack(BaseEstimator):
     minimum-norm subgradient, 0, so the first step follows ``-grad Conf``
     alone and no direction is preferred by the norm.
 
-    **Batches have a fixed shape.** Images are attacked ``batch_size`` at a
-    time, and a smaller last batch is padded with zero images, so the kernels
-    always see the same shapes. This matters because the attack's last phase
-    is chaotic: it bounces across the Conf thresholds, and a difference of
-    1e-7 in the logits, such as BLAS gives when it picks another kernel for
-    another number of rows, grows to about ``step_size`` in Res_N within a few
-    hundred steps. With fixed shapes an image's result is the same whether it
-    is attacked alone or among others, bit for bit on the machines tested.
-    The price is that fewer than ``batch_size`` images cost as much as
-    ``batch_size``; lower ``batch_size`` for small inputs.
+    **Batches have a fixed shape.** Images are attacked in ``batch_size``
+    slots; a slot whose image is done takes the next image, and slots left
+    without one are run anyway, so the kernels always see the same shapes.
+    This matters because the attack's last phase is chaotic: it bounces
+    across the Conf thresholds, and a difference of 1e-7 in the logits, such
+    as BLAS gives when it picks another kernel for another number of rows,
+    grows to about ``step_size`` in Res_N within a few hundred steps. With
+    fixed shapes an image's result is the same whether it is attacked alone
+    or among others, bit for bit on the machines tested. The price is that
+    fewer than ``batch_size`` images cost as much as ``batch_size``; lower
+    ``batch_size`` for small inputs.
 
     **Images that never flip** get ``flipped=False``,
     ``res_min = max_iter + 1`` and ``adversarial_class = c0``; their ``res_n``
@@ -196,7 +226,7 @@ class ResistanceAttack(BaseEstimator):
     >>> import torch
     >>> from resistclf import ResistanceAttack
     >>> module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    >>> result = ResistanceAttack(max_iter=50)(module, torch.rand(5, 4))
+    >>> result = ResistanceAttack(max_iter=50, batch_size=8)(module, torch.rand(5, 4))
     >>> result.features.shape
     (5, 3)
     """
@@ -208,8 +238,11 @@ class ResistanceAttack(BaseEstimator):
         "thresholds": [tuple, list],
         "clip": [tuple, list, None],
         "optimizer": [StrOptions({"sgd", "adam"})],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "precision": [StrOptions(set(_PRECISIONS))],
+        "early_exit": [Interval(Integral, 1, None, closed="left"), None],
         "device": [str, torch.device, None],
+        "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
     }
 
@@ -223,7 +256,10 @@ class ResistanceAttack(BaseEstimator):
         clip=None,
         optimizer="sgd",
         batch_size=256,
+        precision="float32",
+        early_exit=None,
         device=None,
+        n_jobs=None,
         verbose=False,
     ):
         self.max_iter = max_iter
@@ -233,10 +269,13 @@ class ResistanceAttack(BaseEstimator):
         self.clip = clip
         self.optimizer = optimizer
         self.batch_size = batch_size
+        self.precision = precision
+        self.early_exit = early_exit
         self.device = device
+        self.n_jobs = n_jobs
         self.verbose = verbose
 
-    def _check_settings(self):
+    def _check_settings(self, return_trace):
         self._validate_params()
         low, high = self.thresholds if len(self.thresholds) == 2 else (None, None)
         if not (isinstance(low, Real) and isinstance(high, Real) and 0 <= low <= high <= 1):
@@ -255,6 +294,11 @@ class ResistanceAttack(BaseEstimator):
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(
                 f"device={self.device!r} was asked for, but CUDA is not available."
+            )
+        if self.early_exit is not None and (self.optimizer != "sgd" or return_trace):
+            raise ValueError(
+                "early_exit works with optimizer='sgd' and without return_trace: Adam's "
+                "state and the traces need every step."
             )
 
     @validate_params(
@@ -287,110 +331,116 @@ class ResistanceAttack(BaseEstimator):
         -------
         result : AttackResult
         """
-        self._check_settings()
+        self._check_settings(return_trace)
         if X.ndim < 2 or len(X) == 0:
             raise ValueError(
                 f"X must hold at least one sample and have shape (n_samples, ...); "
                 f"got shape {tuple(X.shape)}."
             )
         device = module_device(module) if self.device is None else torch.device(self.device)
-        batches = range(0, len(X), self.batch_size)
-        with _on_device(module, device), eval_mode(module), torch.enable_grad():
-            dtype = module_dtype(module)
-            results = []
-            for start in tqdm(
-                batches, desc="resistance attack", unit="batch", disable=not self.verbose
-            ):
-                x = X[start : start + self.batch_size].to(device, dtype)
-                padded = torch.zeros((self.batch_size, *x.shape[1:]), dtype=dtype, device=device)
-                padded[: len(x)] = x
-                results.append(self._attack_batch(module, padded, rank, return_trace)[: len(x)])
-        return AttackResult.concatenate(results)
+        batch_size = self.batch_size
+        if batch_size == "auto":
+            batch_size = self._auto_batch_size(module, X, device)
+        n_jobs = self.n_jobs or 1
+        if n_jobs == 1:
+            with tqdm(total=len(X), desc="resistance attack", unit="img",
+                      disable=not self.verbose) as progress:
+                return self._attack_chunk(module, X, device, batch_size, rank, return_trace,
+                                          progress.update)
+        chunks = np.array_split(np.arange(len(X)), n_jobs)
+        jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(self._attack_chunk)(module, X[chunk], device, batch_size, rank,
+                                        return_trace)
+            for chunk in chunks if len(chunk)
+        )
+        return AttackResult.concatenate(list(tqdm(
+            jobs, total=len(chunks), desc="resistance attack", unit="chunk",
+            disable=not self.verbose,
+        )))
 
-    def _attack_batch(self, module, x, rank, return_trace):
-        n = len(x)
+    def _attack_chunk(self, module, X, device, batch_size, rank, return_trace,
+                      progress=None):
+        with _on_device(module, device), eval_mode(module), torch.enable_grad():
+            return self._attack_images(module, X, device, batch_size, rank, return_trace,
+                                       progress or (lambda count: None))
+
+    def _attack_images(self, module, X, device, batch_size, rank, return_trace, progress):
+        """Attack the images of X through ``batch_size`` slots of a fixed-shape batch."""
+        n, dtype = len(X), module_dtype(module)
         norm_of, norm_grad = _NORMS[self.norm]
         low, high = self.thresholds
-        with torch.no_grad():
-            logits = forward(module, x)
-        if rank >= logits.shape[1]:
-            raise ValueError(
-                f"rank={rank} is out of range for a module with "
-                f"{logits.shape[1]} classes."
-            )
-        # Bookkeeping runs in at least float32, whatever the module's precision.
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        # Classes ranked above c0 are removed from the softmax with a -inf offset.
-        ranking = logits.to(dtype).argsort(dim=1, descending=True)
-        c0 = ranking[:, rank]
-        removed = torch.zeros_like(logits, dtype=dtype).scatter_(
-            1, ranking[:, :rank], -torch.inf
-        )
-        is_c0 = torch.zeros_like(removed, dtype=torch.bool).scatter_(1, c0[:, None], True)
-
-        r = torch.zeros_like(x, requires_grad=True)
-        optimizer = (torch.optim.SGD if self.optimizer == "sgd" else torch.optim.Adam)(
-            [r], lr=self.step_size
-        )
         never = self.max_iter + 1
-        res_min = torch.full((n,), never, dtype=torch.long, device=x.device)
-        adversarial_class = c0.clone()
-        res_max = torch.zeros(n, dtype=dtype, device=x.device)
-        traces = (
-            torch.empty((2, n, self.max_iter + 1), dtype=dtype, device=x.device)
-            if return_trace
-            else None
-        )
+        autocast = torch.autocast(device.type, dtype=_PRECISIONS[self.precision],
+                                  enabled=self.precision != "float32")
+        slots = _Slots(X, batch_size, device, dtype, return_trace, self.max_iter)
+        r = torch.zeros_like(slots.x, requires_grad=True)
+        optimizer = None
 
-        for step in range(self.max_iter + 1):
-            last = step == self.max_iter
-            with torch.set_grad_enabled(not last):
-                logits = module(x + r).to(dtype) + removed
+        while slots.busy():
+            if slots.all_fresh():  # all slots restart together: a new optimizer state
+                optimizer = (torch.optim.SGD if self.optimizer == "sgd" else torch.optim.Adam)(
+                    [r], lr=self.step_size)
+            with autocast:
+                raw = forward(module, slots.x + r)
             with torch.no_grad():
+                slots.start_images(raw.detach(), rank)
+                logits = raw.detach().to(slots.work) + slots.removed
                 proba = logits.softmax(dim=1)
-                conf = proba[is_c0]
+                conf = proba[slots.is_c0]
                 norm = norm_of(r.detach().flatten(1))
                 pred = logits.argmax(dim=1)
-                changed = pred != c0
-                res_min = torch.where(changed & (res_min == never) & (step > 0), step, res_min)
-                adversarial_class = torch.where(changed, pred, adversarial_class)
-                res_max = torch.maximum(res_max, norm)
-                if step == 0:
-                    conf0 = conf
-                if return_trace:
-                    traces[0, :, step] = conf
-                    traces[1, :, step] = norm
-                if last:
-                    break
+                changed = pred != slots.c0
+                step = slots.step
+                slots.res_min = torch.where(changed & (slots.res_min == never) & (step > 0),
+                                            step, slots.res_min)
+                moved = (norm > slots.res_max) | (changed & (pred != slots.adversarial_class))
+                slots.stable_since = torch.where(moved, step, slots.stable_since)
+                slots.adversarial_class = torch.where(changed, pred, slots.adversarial_class)
+                slots.res_max = torch.maximum(slots.res_max, norm)
+                slots.conf0 = torch.where(step == 0, conf, slots.conf0)
+                slots.record_trace(conf, norm)
+                done = step == self.max_iter
+                if self.early_exit is not None:
+                    done |= (slots.res_min < never) & (step - slots.stable_since
+                                                       >= self.early_exit)
                 # dConf/dlogits = Conf * (e_c0 - p), with 1 - Conf summed from
                 # the other classes so that it does not round to 0.
-                others = proba.masked_fill(is_c0, 0.0)
-                dconf = torch.where(is_c0, others.sum(dim=1, keepdim=True), -others)
-                uses_conf = (conf >= low).to(dconf.dtype)
-                dconf *= (conf * uses_conf)[:, None]
-                norm_sign = torch.where(conf >= high, -1.0, 1.0).to(dtype)
-            (grad,) = torch.autograd.grad(logits, r, grad_outputs=dconf)
+                others = proba.masked_fill(slots.is_c0, 0.0)
+                dconf = torch.where(slots.is_c0, others.sum(dim=1, keepdim=True), -others)
+                dconf *= (conf * (conf >= low))[:, None]
+                norm_sign = torch.where(conf >= high, -1.0, 1.0).to(dconf.dtype)
+            if not bool(done.all()):
+                (grad,) = torch.autograd.grad(raw, r, grad_outputs=dconf.to(raw.dtype))
+                with torch.no_grad():
+                    flat = r.detach().flatten(1)
+                    grad += (norm_sign[:, None] * norm_grad(flat, norm)).view_as(r)
+                    r.grad = grad
+                    optimizer.step()
+                    if self.clip is not None:
+                        r.copy_((slots.x + r).clamp(*self.clip) - slots.x)
             with torch.no_grad():
-                flat = r.detach().flatten(1)
-                grad += (norm_sign[:, None] * norm_grad(flat, norm)).view_as(r)
-                r.grad = grad
-                optimizer.step()
-                if self.clip is not None:
-                    r.copy_((x + r).clamp(*self.clip) - x)
+                progress(slots.finish(done, norm, never, r))
+        return slots.result()
 
-        flipped = res_min <= self.max_iter
-        as_numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
-        return AttackResult(
-            res_n=as_numpy(norm).astype(np.float64),
-            res_max=as_numpy(res_max).astype(np.float64),
-            res_min=as_numpy(res_min),
-            flipped=as_numpy(flipped),
-            adversarial_class=as_numpy(adversarial_class),
-            c0=as_numpy(c0),
-            conf0=as_numpy(conf0).astype(np.float64),
-            conf_trace=None if traces is None else as_numpy(traces[0]).astype(np.float64),
-            norm_trace=None if traces is None else as_numpy(traces[1]).astype(np.float64),
-        )
+    def _auto_batch_size(self, module, X, device):
+        """The smallest batch size within 10% of the best measured throughput."""
+        budget = _memory_budget(device) // (self.n_jobs or 1)
+        per_image = _bytes_per_image(module, X[:2].to(device), self.precision)
+        best, throughput = None, {}
+        for batch_size in 2 ** np.arange(4, 12):
+            if batch_size * per_image > budget:
+                break
+            timed = clone(self).set_params(max_iter=3, batch_size=int(batch_size),
+                                           early_exit=None, n_jobs=None, verbose=False)
+            images = X[torch.arange(batch_size) % len(X)]
+            timed(module, images[:1])  # warm-up at this shape
+            start = time.perf_counter()
+            timed(module, images)
+            throughput[int(batch_size)] = batch_size / (time.perf_counter() - start)
+            best = max(throughput.values())
+            if len(X) <= batch_size or throughput[int(batch_size)] < 0.8 * best:
+                break
+        return min(b for b, t in throughput.items() if t >= 0.9 * best) if throughput else 16
 
 
 @contextmanager
@@ -402,3 +452,136 @@ def _on_device(module, device):
         yield
     finally:
         module.to(original)
+
+
+class _Slots:
+    """The fixed-shape batch: which image each slot holds, and that image's bookkeeping.
+
+    A slot whose image is done takes the next image of ``X``; once ``X`` runs
+    out, slots stay idle (``image == -1``) but are still computed, so the
+    module always sees ``size`` rows.
+    """
+
+    def __init__(self, X, size, device, dtype, return_trace, max_iter):
+        self.X, self.device, self.dtype, self.max_iter = X, device, dtype, max_iter
+        self.work = torch.promote_types(dtype, torch.float32)  # bookkeeping precision
+        self.x = torch.zeros((size, *X.shape[1:]), dtype=dtype, device=device)
+        self.image = torch.full((size,), -1, dtype=torch.long, device=device)
+        self.step = torch.zeros(size, dtype=torch.long, device=device)
+        self.next_image = 0
+        n = len(X)
+        self.out = {name: torch.zeros(n, dtype=dtype_, device=device) for name, dtype_ in [
+            ("res_n", self.work), ("res_max", self.work), ("res_min", torch.long),
+            ("adversarial_class", torch.long), ("c0", torch.long), ("conf0", self.work)]}
+        self.traces = (torch.full((2, n, max_iter + 1), torch.nan, dtype=self.work,
+                                  device=device) if return_trace else None)
+        self.c0 = None  # per-slot bookkeeping is allocated once the logits are known
+        self._fill(torch.ones(size, dtype=torch.bool, device=device))
+
+    def _fill(self, free):
+        free = free.nonzero().squeeze(1)
+        count = min(len(free), len(self.X) - self.next_image)
+        take, idle = free[:count], free[count:]
+        images = torch.arange(self.next_image, self.next_image + count, device=self.device)
+        self.x[take] = self.X[self.next_image : self.next_image + count].to(self.device,
+                                                                          self.dtype)
+        self.image[take] = images
+        self.image[idle] = -1
+        self.step[free] = 0
+        self.next_image += count
+
+    def busy(self):
+        return bool((self.image >= 0).any())
+
+    def all_fresh(self):
+        return bool((self.step == 0).all())
+
+    def start_images(self, logits, rank):
+        """Set c0 and reset the bookkeeping of slots at step 0, from their logits at r = 0."""
+        n_classes = logits.shape[1]
+        if rank >= n_classes:
+            raise ValueError(f"rank={rank} is out of range for a module with {n_classes} "
+                             "classes.")
+        fresh = self.step == 0
+        if self.c0 is None:
+            size = len(self.step)
+            self.c0 = torch.zeros(size, dtype=torch.long, device=self.device)
+            self.removed = torch.zeros((size, n_classes), dtype=self.work, device=self.device)
+            self.res_min, self.adversarial_class, self.stable_since = (
+                torch.zeros_like(self.c0) for _ in range(3))
+            self.res_max, self.conf0 = (torch.zeros(size, dtype=self.work, device=self.device)
+                                        for _ in range(2))
+        if not bool(fresh.any()):
+            return
+        # Classes ranked above c0 are removed from the softmax with a -inf offset.
+        ranking = logits.to(self.work).argsort(dim=1, descending=True)
+        c0 = ranking[:, rank]
+        removed = torch.zeros_like(self.removed).scatter_(1, ranking[:, :rank], -torch.inf)
+        self.c0 = torch.where(fresh, c0, self.c0)
+        self.removed = torch.where(fresh[:, None], removed, self.removed)
+        self.is_c0 = torch.nn.functional.one_hot(self.c0, n_classes).bool()
+        self.res_min = torch.where(fresh, self.max_iter + 1, self.res_min)
+        self.adversarial_class = torch.where(fresh, c0, self.adversarial_class)
+        self.stable_since = torch.where(fresh, 0, self.stable_since)
+        self.res_max = torch.where(fresh, 0.0, self.res_max)
+
+    def record_trace(self, conf, norm):
+        if self.traces is not None:
+            active = self.image >= 0
+            self.traces[0, self.image[active], self.step[active]] = conf[active]
+            self.traces[1, self.image[active], self.step[active]] = norm[active]
+
+    def finish(self, done, norm, never, r):
+        """Store the results of the slots that are done and give them new images.
+
+        Returns the number of images finished.
+        """
+        done = done & (self.image >= 0)
+        self.step += 1
+        if not bool(done.any()):
+            return 0
+        images = self.image[done]
+        for name, value in [("res_n", norm), ("res_max", self.res_max),
+                            ("res_min", self.res_min), ("c0", self.c0), ("conf0", self.conf0),
+                            ("adversarial_class", self.adversarial_class)]:
+            self.out[name][images] = value[done]
+        r[done] = 0.0
+        self._fill(done)
+        return len(images)
+
+    def result(self):
+        as_numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
+        out = {name: as_numpy(value) for name, value in self.out.items()}
+        for name in ("res_n", "res_max", "conf0"):
+            out[name] = out[name].astype(np.float64)
+        traces = None if self.traces is None else as_numpy(self.traces).astype(np.float64)
+        return AttackResult(
+            **out,
+            flipped=out["res_min"] <= self.max_iter,
+            conf_trace=None if traces is None else traces[0],
+            norm_trace=None if traces is None else traces[1],
+        )
+
+
+def _memory_budget(device):
+    """Bytes ``batch_size="auto"`` may use: half the free GPU memory, a quarter of the RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def _bytes_per_image(module, x, precision):
+    """Estimated memory per image: tensors saved for backward, plus the attack's buffers."""
+    saved = {}
+
+    def pack(tensor):
+        saved[(tensor.data_ptr(), tensor.numel())] = tensor.numel() * tensor.element_size()
+        return tensor
+
+    with _on_device(module, x.device), eval_mode(module), torch.enable_grad(), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
+            torch.autocast(x.device.type, dtype=_PRECISIONS[precision],
+                           enabled=precision != "float32"):
+        module(x.clone().requires_grad_(True))
+    # x, r, x + r, the gradient and the optimizer's update: about five input-sized buffers.
+    return sum(saved.values()) / len(x) + 5 * x[0].numel() * x.element_size()
