@@ -220,11 +220,21 @@ def test_attack_verbose_shows_progress(cnn_module, digits, capsys):
         ({"clip": (1.0, 0.0)}, "clip"),
         ({"optimizer": "lbfgs"}, "optimizer"),
         ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": "big"}, "batch_size"),
+        ({"precision": "int8"}, "precision"),
+        ({"early_exit": 0}, "early_exit"),
+        ({"early_exit": 20, "optimizer": "adam"}, "early_exit works with optimizer='sgd'"),
+        ({"n_jobs": 0}, "n_jobs"),
     ],
 )
 def test_attack_invalid_settings_raise(params, match):
     with pytest.raises(ValueError, match=match):
         ResistanceAttack(**params)(nn.Linear(4, 3), torch.rand(2, 4))
+
+
+def test_attack_early_exit_refuses_traces():
+    with pytest.raises(ValueError, match="without return_trace"):
+        ResistanceAttack(early_exit=10)(nn.Linear(4, 3), torch.rand(2, 4), return_trace=True)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
@@ -252,3 +262,64 @@ def test_attack_bad_input_raises(module, X, match):
 def test_attack_rank_out_of_range_raises():
     with pytest.raises(ValueError, match="rank=3 is out of range"):
         ResistanceAttack(max_iter=2)(nn.Linear(4, 3), torch.rand(2, 4), rank=3)
+
+
+class _CountsRows(nn.Module):
+    """Wraps a module and counts the rows it computes."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.rows = module, 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.module(x)
+
+
+def test_attack_early_exit_agrees_with_exact_and_does_less_work(cnn_module, digits):
+    _, _, X, _ = digits
+    X = torch.tensor(X[:64])
+    exact_module, early_module = _CountsRows(cnn_module), _CountsRows(cnn_module)
+    exact = ResistanceAttack(max_iter=300, batch_size=16)(exact_module, X)
+    early = ResistanceAttack(max_iter=300, batch_size=16, early_exit=40)(early_module, X)
+    # Up to its exit an image follows the exact trajectory bit for bit.
+    np.testing.assert_array_equal(early.res_min, exact.res_min)
+    np.testing.assert_array_equal(early.c0, exact.c0)
+    assert np.all(early.res_max <= exact.res_max)
+    assert np.mean(early.adversarial_class == exact.adversarial_class) >= 0.9
+    assert early_module.rows < 0.6 * exact_module.rows
+
+
+def test_attack_bfloat16_is_close_to_float32(cnn_module, digits):
+    _, _, X, _ = digits
+    X = torch.tensor(X[:64])
+    exact = ResistanceAttack(max_iter=100, batch_size=64)(cnn_module, X)
+    fast = ResistanceAttack(max_iter=100, batch_size=64, precision="bfloat16")(cnn_module, X)
+    assert not np.array_equal(fast.res_n, exact.res_n), "bfloat16 was not used"
+    np.testing.assert_array_equal(fast.c0, exact.c0)
+    assert np.mean(np.abs(fast.res_min - exact.res_min) <= 1) >= 0.95
+    assert np.mean(fast.adversarial_class == exact.adversarial_class) >= 0.9
+    assert np.corrcoef(fast.res_max, exact.res_max)[0, 1] > 0.9
+
+
+def test_attack_n_jobs_gives_identical_results(cnn_module, digits):
+    _, _, X, _ = digits
+    X = torch.tensor(X[:40])
+    one = ResistanceAttack(max_iter=100, batch_size=16)(cnn_module, X)
+    two = ResistanceAttack(max_iter=100, batch_size=16, n_jobs=2)(cnn_module, X)
+    for name in ["res_n", "res_max", "res_min", "adversarial_class", "c0", "conf0"]:
+        np.testing.assert_array_equal(getattr(one, name), getattr(two, name))
+
+
+def test_attack_auto_batch_size_respects_memory_budget(cnn_module, digits, monkeypatch):
+    from resistclf import _attack
+
+    _, _, X, _ = digits
+    X = torch.tensor(X[:300])
+    attack = ResistanceAttack(max_iter=5, batch_size="auto")
+    chosen = attack._auto_batch_size(cnn_module, X, torch.device("cpu"))
+    assert chosen in {16, 32, 64, 128, 256, 512}
+    per_image = _attack._bytes_per_image(cnn_module, X[:2], "float32")
+    monkeypatch.setattr(_attack, "_memory_budget", lambda device: int(40 * per_image))
+    assert attack._auto_batch_size(cnn_module, X, torch.device("cpu")) <= 32
+    assert attack(cnn_module, X[:20]).features.shape == (20, 3)
