@@ -2,7 +2,6 @@
 
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from numbers import Integral, Real
 
@@ -13,7 +12,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from tqdm.auto import tqdm
 
-from ._nets import eval_mode, forward, module_device, module_dtype
+from ._nets import eval_mode, forward, module_device, module_dtype, on_device
 
 FEATURE_NAMES = ("res_n", "res_max", "res_min")
 
@@ -343,8 +342,12 @@ class ResistanceAttack(BaseEstimator):
             batch_size = self._auto_batch_size(module, X, device)
         n_jobs = self.n_jobs or 1
         if n_jobs == 1:
-            with tqdm(total=len(X), desc="resistance attack", unit="img",
-                      disable=not self.verbose) as progress:
+            # Counted in evaluations (max_iter + 1 per image), shown in images.
+            evaluations = self.max_iter + 1
+            with tqdm(total=len(X) * evaluations, unit_scale=1 / evaluations, unit="img",
+                      desc="resistance attack", disable=not self.verbose,
+                      bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} img [{elapsed}<{remaining}, "
+                                 "{rate_fmt}]") as progress:
                 return self._attack_chunk(module, X, device, batch_size, rank, return_trace,
                                           progress.update)
         chunks = np.array_split(np.arange(len(X)), n_jobs)
@@ -360,7 +363,7 @@ class ResistanceAttack(BaseEstimator):
 
     def _attack_chunk(self, module, X, device, batch_size, rank, return_trace,
                       progress=None):
-        with _on_device(module, device), eval_mode(module), torch.enable_grad():
+        with on_device(module, device), eval_mode(module), torch.enable_grad():
             return self._attack_images(module, X, device, batch_size, rank, return_trace,
                                        progress or (lambda count: None))
 
@@ -443,17 +446,6 @@ class ResistanceAttack(BaseEstimator):
         return min(b for b, t in throughput.items() if t >= 0.9 * best) if throughput else 16
 
 
-@contextmanager
-def _on_device(module, device):
-    """Move ``module`` to ``device`` for the duration, then back."""
-    original = module_device(module)
-    try:
-        module.to(device)
-        yield
-    finally:
-        module.to(original)
-
-
 class _Slots:
     """The fixed-shape batch: which image each slot holds, and that image's bookkeeping.
 
@@ -534,12 +526,15 @@ class _Slots:
     def finish(self, done, norm, never, r):
         """Store the results of the slots that are done and give them new images.
 
-        Returns the number of images finished.
+        Returns the progress made, in evaluations: one for each active slot,
+        plus the evaluations a slot leaving early skips.
         """
-        done = done & (self.image >= 0)
+        active = self.image >= 0
+        done = done & active
+        progress = int(active.sum() + ((self.max_iter - self.step) * done).sum())
         self.step += 1
         if not bool(done.any()):
-            return 0
+            return progress
         images = self.image[done]
         for name, value in [("res_n", norm), ("res_max", self.res_max),
                             ("res_min", self.res_min), ("c0", self.c0), ("conf0", self.conf0),
@@ -547,7 +542,7 @@ class _Slots:
             self.out[name][images] = value[done]
         r[done] = 0.0
         self._fill(done)
-        return len(images)
+        return progress
 
     def result(self):
         as_numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
@@ -578,7 +573,7 @@ def _bytes_per_image(module, x, precision):
         saved[(tensor.data_ptr(), tensor.numel())] = tensor.numel() * tensor.element_size()
         return tensor
 
-    with _on_device(module, x.device), eval_mode(module), torch.enable_grad(), \
+    with on_device(module, x.device), eval_mode(module), torch.enable_grad(), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
             torch.autocast(x.device.type, dtype=_PRECISIONS[precision],
                            enabled=precision != "float32"):

@@ -43,6 +43,7 @@ from ._nets import (
     module_device,
     module_dtype,
     net_classes,
+    on_device,
 )
 
 #: Number of folds used to get out-of-fold P(error) when tuning the threshold.
@@ -497,18 +498,23 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         return logit_module(self.net_ if net is None else net, self.net_output)
 
     def _attack(self, X, rank=0):
-        attack = ResistanceAttack() if self.attack is None else self.attack
+        attack = self._attack_settings()
         if self.cache is not None:
             return self.cache.attack(attack, self._module(), X, rank=rank)
         return attack(self._module(), _to_tensor(X), rank=rank)
 
+    def _attack_settings(self):
+        return ResistanceAttack() if self.attack is None else self.attack
+
     def _logits(self, X, net=None):
-        """The net's logits for X, as a float32 CPU tensor."""
+        """The net's logits for X, as a float32 CPU tensor, computed where the attack runs."""
         module = self._module(net)
-        batch_size = (ResistanceAttack() if self.attack is None else self.attack).batch_size
-        device, dtype = module_device(module), module_dtype(module)
-        X = _to_tensor(X).to(dtype)
-        with eval_mode(module), torch.no_grad():
+        attack = self._attack_settings()
+        # Plain forward passes need far less memory than the attack's steps.
+        batch_size = 256 if attack.batch_size == "auto" else attack.batch_size
+        device = module_device(module) if attack.device is None else torch.device(attack.device)
+        X = _to_tensor(X).to(module_dtype(module))
+        with on_device(module, device), eval_mode(module), torch.no_grad():
             return torch.cat([
                 forward(module, X[i : i + batch_size].to(device)).float().cpu()
                 for i in range(0, len(X), batch_size)

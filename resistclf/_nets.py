@@ -174,3 +174,14 @@ def forward(module, x):
             f"returned {shape}."
         )
     return logits
+
+
+@contextmanager
+def on_device(module, device):
+    """Move ``module`` to ``device`` for the duration, then back to where it was."""
+    original = module_device(module)
+    try:
+        module.to(device)
+        yield module
+    finally:
+        module.to(original)

@@ -38,6 +38,23 @@ def build_parser():
                            help="Attack steps (default: 500).")
     reproduce.add_argument("--quiet", action="store_true", help="Hide progress.")
     reproduce.set_defaults(run="resistclf.reports.reproduce")
+
+    bench = commands.add_parser(
+        "bench", help="Measure the attack's speed against the hardware peak and alternatives.")
+    bench.add_argument("--root", help="Folder with MNIST's raw files: use the trained reference "
+                                      "CNN and time the whole test set in every mode. Without "
+                                      "it, random weights and throughput only.")
+    bench.add_argument("--out", default="results/bench",
+                       help="Output folder for bench.json, bench.md and cached runs "
+                            "(default: results/bench).")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu).")
+    bench.add_argument("--steps", type=_positive_int, default=20,
+                       help="Attack steps per throughput timing (default: 20).")
+    bench.add_argument("--batch-sizes", type=_positive_int, nargs="+",
+                       default=[32, 64, 128, 256, 512],
+                       help="Batch sizes to time (default: 32 64 128 256 512).")
+    bench.add_argument("--quiet", action="store_true", help="Hide progress.")
+    bench.set_defaults(run="resistclf.reports.bench")
     return parser
 
 

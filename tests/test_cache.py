@@ -22,8 +22,9 @@ def test_cache_returns_what_a_fresh_attack_returns(trained_cnn, digits):
     fresh = ATTACK(module, torch.tensor(X[60:20:-1].copy()))
     for name in ["res_n", "res_max", "res_min", "flipped", "adversarial_class", "c0", "conf0"]:
         np.testing.assert_array_equal(getattr(mixed, name), getattr(fresh, name))
-    np.testing.assert_array_equal(mixed.res_n[20:], first.res_n[20::-1][:20])
-    assert len(cache) == 60
+    # Position k of the mixed call holds image 60 - k; images 21-39 were cached by the first.
+    np.testing.assert_array_equal(mixed.res_n[21:], first.res_n[39:20:-1])
+    assert len(cache) == 61
 
 
 def test_cache_keys_on_net_settings_and_rank(trained_cnn, digits):
