@@ -36,6 +36,7 @@ def build_parser():
     _add_study_arguments(adversarial, "adversarial", 1000,
                          "Craft adversarial examples from this many correctly classified test "
                          "images, drawn at random (default: 1000).")
+    _add_bootstrap_argument(adversarial)
     adversarial.set_defaults(run="resistclf.reports.adversarial")
 
     dynamics = commands.add_parser(
@@ -51,6 +52,7 @@ def build_parser():
                         "on the same test images.")
     _add_study_arguments(compare, "compare", 1000,
                          "Evaluate on this many test images, drawn at random (default: 1000).")
+    _add_bootstrap_argument(compare)
     compare.set_defaults(run="resistclf.reports.compare")
     return parser
 
@@ -69,6 +71,11 @@ def _add_study_arguments(parser, command, limit, limit_help):
     parser.add_argument("--max-iter", type=_positive_int, default=500,
                         help="Steps of the resistance attack (default: 500).")
     parser.add_argument("--quiet", action="store_true", help="Hide progress.")
+
+
+def _add_bootstrap_argument(parser):
+    parser.add_argument("--n-resamples", type=_positive_int, default=1000,
+                        help="Bootstrap resamples for the 95%% intervals (default: 1000).")
 
 
 def _positive_int(text):

@@ -109,13 +109,13 @@ def plot_boxplots(groups, names):
     -------
     fig : matplotlib Figure
     """
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 0.35 * len(groups) + 2),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(max(3.6, 0.45 * len(groups) + 1.2)
+                                                     * len(names), 4.8), squeeze=False)
     for j, (ax, name) in enumerate(zip(axes[0], names)):
-        ax.boxplot([values[j] for values in groups.values()], vert=False, showfliers=False)
-        ax.set_yticks(range(1, len(groups) + 1), list(groups) if j == 0 else [""] * len(groups))
-        ax.invert_yaxis()
-        ax.set_xlabel(name)
+        ax.boxplot([values[j] for values in groups.values()], showfliers=False)
+        ax.set_xticks(range(1, len(groups) + 1), list(groups), rotation=40, ha="right",
+                      fontsize=7)
+        ax.set_ylabel(name)
     fig.tight_layout()
     return fig
 

@@ -394,4 +394,5 @@ def main(args):
     except ImportError as exc:
         sys.exit(f"resistclf adversarial: error: {exc}")
     run_adversarial(args.dataset, args.root, out=out, download=args.download, seed=args.seed,
-                    limit=args.limit, max_iter=args.max_iter, verbose=not args.quiet)
+                    limit=args.limit, max_iter=args.max_iter, n_resamples=args.n_resamples,
+                    verbose=not args.quiet)

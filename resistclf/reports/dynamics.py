@@ -196,7 +196,8 @@ def _markdown(r):
         "## Settings, versions and timings",
         "",
         f"- Attack: `{call_repr('ResistanceAttack', r['attack'])}`",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in r['environment'].items() if k != 'machine')}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in r["environment"].items()
+                                   if k != "machine"),
         f"- Machine: {r['environment']['machine']}",
         f"- Seed {r['seed']}; the training epochs took {sum(e['dur'] for e in h):.0f} s "
         f"(skorch's `dur`) and the monitor {sum(get(e, 'seconds') for e in h):.0f} s; wall "
