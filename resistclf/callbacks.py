@@ -29,6 +29,9 @@ class ResistanceMonitor(Callback):
       low Res_N and of low max-softmax (the baseline), errors positive;
     - ``correction_rate``: the fraction of errors whose adversarial class is
       the true label;
+    - ``flip_rate``: the fraction of images whose prediction the attack
+      changed (an image the net is less than ``thresholds[0]`` sure of is not
+      attacked at all, which is common early in training);
     - ``seconds``: the time the monitor took.
 
     A value is NaN where it is undefined (no errors, or no correct
@@ -117,7 +120,7 @@ class ResistanceMonitor(Callback):
         self.keys_ = [f"{self.name}_{key}" for key in [
             "accuracy", "n_errors", "res_n_mean_correct", "res_n_mean_incorrect",
             *(f"res_n_{p}_{group}" for group in ("correct", "incorrect") for p in percents),
-            "auroc_res_n", "auroc_max_softmax", "correction_rate", "seconds"]]
+            "auroc_res_n", "auroc_max_softmax", "correction_rate", "flip_rate", "seconds"]]
         return self
 
     def on_epoch_end(self, net, **kwargs):
@@ -147,6 +150,7 @@ class ResistanceMonitor(Callback):
             detection_metrics(is_error, -result.res_n)["auroc"],
             detection_metrics(is_error, -result.conf0)["auroc"],
             stat(np.mean, to_label(result.adversarial_class[is_error]) == self._y[is_error]),
+            float(result.flipped.mean()),
         ]
         values.append(round(time.perf_counter() - start, 2))
         for key, value in zip(self.keys_, values):

@@ -30,7 +30,7 @@ def test_monitor_records_every_key_every_epoch(monitored):
         "accuracy", "n_errors", "res_n_mean_correct", "res_n_mean_incorrect",
         "res_n_q10_correct", "res_n_q50_correct", "res_n_q90_correct",
         "res_n_q10_incorrect", "res_n_q50_incorrect", "res_n_q90_incorrect",
-        "auroc_res_n", "auroc_max_softmax", "correction_rate", "seconds"]]
+        "auroc_res_n", "auroc_max_softmax", "correction_rate", "flip_rate", "seconds"]]
     for key in monitor.keys_:
         assert len(net.history[:, key]) == 5, key
 
@@ -48,6 +48,7 @@ def test_monitor_values_match_a_direct_attack_and_change_across_epochs(monitored
         result.res_n[~is_error].mean())
     assert net.history[-1, "resistance_res_n_q50_correct"] == pytest.approx(
         np.median(result.res_n[~is_error]))
+    assert net.history[-1, "resistance_flip_rate"] == pytest.approx(result.flipped.mean())
     # Training moves the net, so what the monitor sees moves too.
     accuracy = net.history[:, "resistance_accuracy"]
     assert accuracy[-1] > accuracy[0]

@@ -127,8 +127,9 @@ def _figure(history):
                                s("resistance_res_n_q90_incorrect")]},
         "error-detection AUROC": {"Res_N": s("resistance_auroc_res_n"),
                                   "max-softmax (baseline)": s("resistance_auroc_max_softmax")},
-        "errors whose adversarial class is the true label": {
-            "adversarial correction": s("resistance_correction_rate")},
+        "attack outcome": {
+            "errors whose adversarial class is the true label": s("resistance_correction_rate"),
+            "images whose prediction the attack changed": s("resistance_flip_rate")},
     })
 
 
@@ -176,6 +177,8 @@ def _markdown(r):
              _fmt(get(first, "auroc_max_softmax")), _fmt(get(last, "auroc_max_softmax"))],
             ["adversarial correction rate", _fmt(get(first, "correction_rate")),
              _fmt(get(last, "correction_rate"))],
+            ["attack changed the prediction", _fmt(get(first, "flip_rate")),
+             _fmt(get(last, "flip_rate"))],
         ]),
         "",
         "![Quantities against the epoch](dynamics.png)",
@@ -184,14 +187,15 @@ def _markdown(r):
         "",
         table(["epoch", "train loss", "accuracy", "errors", "Res_N q10/q50/q90, correct",
                "Res_N q10/q50/q90, incorrect", "AUROC Res_N", "AUROC max-softmax",
-               "correction rate", "monitor s"],
+               "correction rate", "flipped", "monitor s"],
               [[e["epoch"], _fmt(e["train_loss"], 4), _fmt(get(e, "accuracy")),
                 get(e, "n_errors"),
                 " / ".join(_fmt(get(e, f"res_n_{q}_correct"), 2) for q in ("q10", "q50", "q90")),
                 " / ".join(_fmt(get(e, f"res_n_{q}_incorrect"), 2)
                            for q in ("q10", "q50", "q90")),
                 _fmt(get(e, "auroc_res_n")), _fmt(get(e, "auroc_max_softmax")),
-                _fmt(get(e, "correction_rate")), _fmt(get(e, "seconds"), 1)] for e in h]),
+                _fmt(get(e, "correction_rate")), _fmt(get(e, "flip_rate")),
+                _fmt(get(e, "seconds"), 1)] for e in h]),
         "",
         "## Settings, versions and timings",
         "",
