@@ -9,11 +9,10 @@ from resistclf.reports.adversarial import ATTACKS, DETECTORS, run_adversarial
 
 from .conftest import copy_net
 
-pytest.importorskip("torchattacks")
-
 
 @pytest.fixture(scope="module")
 def report(fake_mnist_root, fake_mnist_net, tmp_path_factory):
+    pytest.importorskip("torchattacks")
     out = tmp_path_factory.mktemp("adversarial")
     copy_net(fake_mnist_net, out)
     results = run_adversarial("mnist", fake_mnist_root, out=out, limit=30, max_iter=20,
@@ -73,6 +72,7 @@ def test_adversarial_without_torchattacks_says_what_to_install(monkeypatch, tmp_
 
 
 def test_adversarial_cli_quick_run(fake_mnist_root, fake_mnist_net, tmp_path):
+    pytest.importorskip("torchattacks")
     out = tmp_path / "cli"
     copy_net(fake_mnist_net, out)
     main(["adversarial", "--dataset", "mnist", "--root", str(fake_mnist_root), "--out",
