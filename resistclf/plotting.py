@@ -120,17 +120,19 @@ def plot_boxplots(groups, names):
     return fig
 
 
-def plot_curves(x, panels, *, xlabel="epoch"):
+def plot_curves(x, panels, *, xlabel="epoch", log_panels=()):
     """Line plots sharing an x axis, one panel per quantity group (for example over epochs).
 
     Parameters
     ----------
     x : array-like of shape (n_points,)
     panels : dict of str to dict of str to array-like
-        Panel title to {line label: values of shape (n_points,)}. A label that
-        ends in " band" is drawn as a shaded band between the two rows of its
-        values, of shape (2, n_points).
+        Panel title to {line label: values of shape (n_points,)}. A label
+        ``"<line> band"`` is drawn as a band, in the colour of ``<line>``,
+        between the two rows of its values, of shape (2, n_points).
     xlabel : str, default="epoch"
+    log_panels : collection of str, default=()
+        Titles of the panels drawn with a logarithmic y axis.
 
     Returns
     -------
@@ -138,32 +140,19 @@ def plot_curves(x, panels, *, xlabel="epoch"):
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, lines) in zip(axes[0], panels.items()):
+        colours = {}
         for label, values in lines.items():
             values = np.asarray(values, dtype=float)
             if label.endswith(" band"):
-                ax.fill_between(x, values[0], values[1], alpha=0.2, label=label)
+                ax.fill_between(x, values[0], values[1], alpha=0.2, label=label,
+                                color=colours.get(label.removesuffix(" band")))
             else:
-                ax.plot(x, values, marker="o", ms=3, label=label)
+                (line,) = ax.plot(x, values, marker="o", ms=3, label=label)
+                colours[label] = line.get_color()
+        if title in log_panels:
+            ax.set_yscale("log", nonpositive="mask")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_image_grid(images, titles, columns=8):
-    """A grid of images with a title each (for example misclassified images).
-
-    Returns
-    -------
-    fig : matplotlib Figure
-    """
-    rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 2.1 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
-        ax.axis("on")
-        _image(ax, image, title)
     fig.tight_layout()
     return fig

@@ -24,6 +24,8 @@ NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: History keys shown in skorch's epoch log; the monitor records more.
 LOGGED = ["accuracy", "n_errors", "auroc_res_n", "auroc_max_softmax", "seconds"]
 
+RES_N_PANEL = "Res_N: median and 10-90% band (log scale)"
+
 _phase = partial(phase, "dynamics")
 
 
@@ -118,7 +120,7 @@ def _figure(history):
     return plot_curves(epochs, {
         "training loss": {"train loss": s("train_loss")},
         "validation accuracy": {"accuracy": s("resistance_accuracy")},
-        "Res_N: median, 10-90% band": {
+        RES_N_PANEL: {
             "correct": s("resistance_res_n_q50_correct"),
             "correct band": [s("resistance_res_n_q10_correct"),
                              s("resistance_res_n_q90_correct")],
@@ -130,7 +132,7 @@ def _figure(history):
         "attack outcome": {
             "errors whose adversarial class is the true label": s("resistance_correction_rate"),
             "images whose prediction the attack changed": s("resistance_flip_rate")},
-    })
+    }, log_panels=[RES_N_PANEL])
 
 
 def _fmt(value, digits=3):
