@@ -58,8 +58,9 @@ def test_adversarial_rerun_reuses_caches(report, fake_mnist_root):
     again = run_adversarial("mnist", fake_mnist_root, out=out, limit=30, max_iter=20,
                             n_resamples=20, verbose=False)
     assert again["attacks"] == results["attacks"]
+    # Cached phases keep the time they took when computed.
     for phase in ["craft adversarial examples", "resistance of clean and adversarial images"]:
-        assert again["seconds"][phase] < results["seconds"][phase], phase
+        assert again["seconds"][phase] == results["seconds"][phase], phase
 
 
 def test_adversarial_without_torchattacks_says_what_to_install(monkeypatch, tmp_path):

@@ -27,8 +27,8 @@ from .._nets import eval_mode
 from ..metrics import auroc, tpr_at_fpr
 from ..plotting import plot_boxplots, plot_image_grid, plot_roc_curves
 from ._reference import load_dataset, reference_net
-from ._report import call_repr, environment, phase, rate, scored, table, with_interval, \
-    write_report
+from ._report import call_repr, environment, keep_first_timings, phase, scored, table, \
+    with_interval, write_report
 
 #: The attacks crafted: name -> (torchattacks class, its parameters, options).
 #: FGSM and PGD-Linf at the customary MNIST budgets; PGD takes 40 steps of 2.5 * eps / 40
@@ -114,16 +114,19 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
         chosen = np.sort(rng.choice(correct, min(limit, len(correct)), replace=False))
         X, y = X_test[chosen], y_test[chosen]
 
+    cached = []
     with _phase("craft adversarial examples", timings, verbose):
-        crafted = _crafted(torchattacks, module, X, y, seed, out / "adversarial-examples.joblib",
-                           verbose)
+        crafted, from_cache = _crafted(torchattacks, module, X, y, seed,
+                                       out / "adversarial-examples.joblib", verbose)
+        cached += ["craft adversarial examples"] if from_cache else []
         success = {name: _successful(module, crafted[name], y, name) for name in ATTACKS}
         adversarial = {name: crafted[name][success[name]] for name in ATTACKS}
 
     attack = ResistanceAttack(max_iter=max_iter)
     with _phase("resistance of clean and adversarial images", timings, verbose):
-        result = _resistance(attack, module, [X, *adversarial.values()],
-                             out / "attack-cache.joblib", verbose)
+        result, n_fresh = _resistance(attack, module, [X, *adversarial.values()],
+                                      out / "attack-cache.joblib", verbose)
+        cached += [] if n_fresh else ["resistance of clean and adversarial images"]
     bounds = np.cumsum([0, len(X), *(len(a) for a in adversarial.values())])
     clean = result[: bounds[1]]
     per_attack = {name: result[bounds[i + 1]: bounds[i + 2]] for i, name in enumerate(ATTACKS)}
@@ -147,18 +150,22 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
     }
     with _phase("figures and report", timings, verbose):
         figures = _figures(X, y, clean, per_attack, crafted, module, scores)
+    keep_first_timings(out, timings, cached)
     results["seconds"] = timings
     write_report(out, _markdown(results), results, figures)
     return results
 
 
 def _crafted(torchattacks, module, X, y, seed, path, verbose):
-    """Each attack's adversarial version of every image in X, cached in ``path``."""
+    """Each attack's adversarial version of every image in X, cached in ``path``.
+
+    Returns the examples and whether they came from the cache.
+    """
     key = joblib.hash((_fingerprint(module), X, y, ATTACKS, seed, torchattacks.__version__))
     if path.exists():
         saved = joblib.load(path)
         if saved["key"] == key:
-            return saved["examples"]
+            return saved["examples"], True
     images, labels = torch.from_numpy(np.array(X)), torch.from_numpy(np.array(y))
     examples = {}
     with eval_mode(module):
@@ -172,7 +179,7 @@ def _crafted(torchattacks, module, X, y, seed, path, verbose):
                 examples[name] = crafter(images, labels).detach().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump({"key": key, "examples": examples}, path)
-    return examples
+    return examples, False
 
 
 def _runner_up(module, images, labels):
@@ -194,14 +201,18 @@ def _successful(module, adversarial, y, name):
 
 
 def _resistance(attack, module, parts, path, verbose):
-    """The resistance attack on every image of ``parts``, cached in ``path`` as it goes."""
+    """The resistance attack on every image of ``parts``, cached in ``path`` as it goes.
+
+    Returns the result and the number of images that were not cached yet.
+    """
     cache = AttackCache.load(path) if path.exists() else AttackCache()
+    before = len(cache)
     images = np.concatenate(parts)
     for start in tqdm(range(0, len(images), CHUNK), desc="resistance attack",
                       unit=f"x{CHUNK} images", disable=not verbose):
         cache.attack(attack, module, images[start: start + CHUNK])
         cache.save(path)
-    return cache.attack(attack, module, images)
+    return cache.attack(attack, module, images), len(cache) - before
 
 
 METRICS = {"auroc": auroc, "tpr_at_5_fpr": partial(tpr_at_fpr, fpr=0.05)}
@@ -386,7 +397,7 @@ def _markdown(r):
         f"- Versions: torchattacks {r['torchattacks']}, "
         f"{', '.join(f'{k} {v}' for k, v in r['environment'].items() if k != 'machine')}",
         f"- Machine: {r['environment']['machine']}",
-        f"- Seed {r['seed']}; wall time per phase (s): "
+        f"- Seed {r['seed']}; wall time per phase (s), as first computed: "
         + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()),
         "",
     ]
