@@ -3,7 +3,9 @@
 from ._attack import AttackResult, ResistanceAttack
 from ._cache import AttackCache
 from ._estimator import ResistanceClassifier
+from .callbacks import ResistanceMonitor
 
 __version__ = "0.1.0"
 
-__all__ = ["AttackCache", "AttackResult", "ResistanceAttack", "ResistanceClassifier", "__version__"]
+__all__ = ["AttackCache", "AttackResult", "ResistanceAttack", "ResistanceClassifier",
+           "ResistanceMonitor", "__version__"]

@@ -24,19 +24,8 @@ def build_parser():
         "reproduce",
         help="Reproduce the write-up on MNIST or FashionMNIST, each claim beside its baseline.",
     )
-    reproduce.add_argument("--dataset", required=True, choices=["mnist", "fashion-mnist"])
-    reproduce.add_argument("--root", required=True,
-                           help="Folder with the torchvision raw files (MNIST/raw, ...).")
-    reproduce.add_argument("--download", action="store_true",
-                           help="Let torchvision download missing files.")
-    reproduce.add_argument("--out", help="Output folder (default: results/reproduce-DATASET). "
-                                         "The trained net and attack results are cached there.")
-    reproduce.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
-    reproduce.add_argument("--limit", type=_positive_int,
-                           help="Attack only this many test images, drawn at random.")
-    reproduce.add_argument("--max-iter", type=_positive_int, default=500,
-                           help="Attack steps (default: 500).")
-    reproduce.add_argument("--quiet", action="store_true", help="Hide progress.")
+    _add_study_arguments(reproduce, "reproduce", None,
+                         "Attack only this many test images, drawn at random.")
     reproduce.set_defaults(run="resistclf.reports.reproduce")
 
     bench = commands.add_parser(
@@ -55,7 +44,55 @@ def build_parser():
                        help="Batch sizes to time (default: 32 64 128 256 512).")
     bench.add_argument("--quiet", action="store_true", help="Hide progress.")
     bench.set_defaults(run="resistclf.reports.bench")
+
+    adversarial = commands.add_parser(
+        "adversarial",
+        help="Detect adversarial examples (FGSM, PGD, CW, high-confidence PGD) by resistance; "
+             "needs the extra resistclf[adversarial].",
+    )
+    _add_study_arguments(adversarial, "adversarial", 1000,
+                         "Craft adversarial examples from this many correctly classified test "
+                         "images, drawn at random (default: 1000).")
+    _add_bootstrap_argument(adversarial)
+    adversarial.set_defaults(run="resistclf.reports.adversarial")
+
+    dynamics = commands.add_parser(
+        "dynamics", help="Train the reference CNN and track resistance after every epoch.")
+    _add_study_arguments(dynamics, "dynamics", 300,
+                         "Size of the fixed validation subset of test images (default: 300).")
+    dynamics.add_argument("--epochs", type=_positive_int, default=10,
+                          help="Training epochs (default: 10).")
+    dynamics.set_defaults(run="resistclf.reports.dynamics")
+
+    compare = commands.add_parser(
+        "compare", help="Compare trained networks (CNN, MLP, CNN on a quarter of the data) "
+                        "on the same test images.")
+    _add_study_arguments(compare, "compare", 1000,
+                         "Evaluate on this many test images, drawn at random (default: 1000).")
+    _add_bootstrap_argument(compare)
+    compare.set_defaults(run="resistclf.reports.compare")
     return parser
+
+
+def _add_study_arguments(parser, command, limit, limit_help):
+    """The arguments every study command on MNIST or FashionMNIST takes."""
+    parser.add_argument("--dataset", required=True, choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--root", required=True,
+                        help="Folder with the torchvision raw files (MNIST/raw, ...).")
+    parser.add_argument("--download", action="store_true",
+                        help="Let torchvision download missing files.")
+    parser.add_argument("--out", help=f"Output folder (default: results/{command}-DATASET). "
+                                      "Trained nets and attack results are cached there.")
+    parser.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
+    parser.add_argument("--limit", type=_positive_int, default=limit, help=limit_help)
+    parser.add_argument("--max-iter", type=_positive_int, default=500,
+                        help="Steps of the resistance attack (default: 500).")
+    parser.add_argument("--quiet", action="store_true", help="Hide progress.")
+
+
+def _add_bootstrap_argument(parser):
+    parser.add_argument("--n-resamples", type=_positive_int, default=1000,
+                        help="Bootstrap resamples for the 95%% intervals (default: 1000).")
 
 
 def _positive_int(text):

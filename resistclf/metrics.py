@@ -18,6 +18,47 @@ def fpr_at_tpr(is_error, error_score, tpr=0.95):
     return float(fpr[np.searchsorted(tpr_curve, tpr, side="left")])
 
 
+def auroc(is_positive, score):
+    """Area under the ROC curve; NaN where there are no positives or no negatives.
+
+    Parameters
+    ----------
+    is_positive : array-like of bool, shape (n_samples,)
+    score : array-like of shape (n_samples,)
+        Higher means more likely positive.
+
+    Returns
+    -------
+    auroc : float
+    """
+    is_positive = np.asarray(is_positive, dtype=bool)
+    if is_positive.all() or not is_positive.any():
+        return np.nan
+    return float(roc_auc_score(is_positive, score))
+
+
+def tpr_at_fpr(is_positive, score, fpr=0.05):
+    """True-positive rate at the last threshold whose false-positive rate is at most ``fpr``.
+
+    Parameters
+    ----------
+    is_positive : array-like of bool, shape (n_samples,)
+    score : array-like of shape (n_samples,)
+        Higher means more likely positive.
+    fpr : float, default=0.05
+
+    Returns
+    -------
+    tpr : float
+        NaN where there are no positives or no negatives.
+    """
+    is_positive = np.asarray(is_positive, dtype=bool)
+    if is_positive.all() or not is_positive.any():
+        return np.nan
+    fpr_curve, tpr_curve, _ = roc_curve(is_positive, score)
+    return float(tpr_curve[np.searchsorted(fpr_curve, fpr, side="right") - 1])
+
+
 def detection_metrics(is_error, error_score):
     """AUROC, AUPR (errors positive) and FPR at 95% TPR of an error score.
 

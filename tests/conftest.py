@@ -1,5 +1,7 @@
 """Small data and tiny trained nets, so that the suite needs no download."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -31,3 +33,47 @@ def trained_cnn(digits):
     X, y, _, _ = digits
     torch.manual_seed(0)
     return tiny_cnn_net().fit(X, y)
+
+
+def _write_idx(path, array):
+    """Write ``array`` (uint8) in the IDX format torchvision reads."""
+    magic = {3: 2051, 1: 2049}[array.ndim]
+    header = np.array([magic, *array.shape], dtype=">i4").tobytes()
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def fake_mnist_root(tmp_path_factory):
+    """Digits scaled up to 28x28 and written where torchvision looks for MNIST."""
+    X, y = load_digits_images()
+    images = np.pad(np.kron(X[:, 0], np.ones((3, 3))), ((0, 0), (2, 2), (2, 2))) * 255
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    _write_idx(raw / "train-images-idx3-ubyte", images[:1000])
+    _write_idx(raw / "train-labels-idx1-ubyte", y[:1000])
+    _write_idx(raw / "t10k-images-idx3-ubyte", images[1000:])
+    _write_idx(raw / "t10k-labels-idx1-ubyte", y[1000:])
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_mnist_net(fake_mnist_root, tmp_path_factory):
+    """A folder holding the reference CNN trained on the fake MNIST (net.pt, net.json).
+
+    Copy both files into a command's output folder and the command loads the net
+    instead of training it.
+    """
+    from resistclf.reports._reference import load_dataset, reference_net
+
+    X, y, _, _ = load_dataset("mnist", fake_mnist_root)
+    folder = tmp_path_factory.mktemp("net")
+    reference_net(X, y, cache=folder / "net.pt", verbose=False)
+    return folder
+
+
+def copy_net(folder, out):
+    """Put the cached net of ``fake_mnist_net`` into the output folder ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("net.pt", "net.json"):
+        shutil.copy(folder / name, out / name)

@@ -3,30 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from resistclf.datasets import load_digits_images, load_mnist
+from resistclf.datasets import load_mnist
 from resistclf.reports.reproduce import run_reproduce
-
-
-def _write_idx(path, array):
-    """Write ``array`` (uint8) in the IDX format torchvision reads."""
-    magic = {3: 2051, 1: 2049}[array.ndim]
-    header = np.array([magic, *array.shape], dtype=">i4").tobytes()
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def fake_mnist_root(tmp_path_factory):
-    """Digits scaled up to 28x28 and written where torchvision looks for MNIST."""
-    X, y = load_digits_images()
-    images = np.pad(np.kron(X[:, 0], np.ones((3, 3))), ((0, 0), (2, 2), (2, 2))) * 255
-    root = tmp_path_factory.mktemp("data")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    _write_idx(raw / "train-images-idx3-ubyte", images[:1000])
-    _write_idx(raw / "train-labels-idx1-ubyte", y[:1000])
-    _write_idx(raw / "t10k-images-idx3-ubyte", images[1000:])
-    _write_idx(raw / "t10k-labels-idx1-ubyte", y[1000:])
-    return root
 
 
 def test_fake_mnist_loads_through_torchvision(fake_mnist_root):

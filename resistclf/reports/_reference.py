@@ -31,8 +31,9 @@ def load_dataset(name, root, *, download=False):
                                                                download=download))
 
 
-def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, verbose=True):
-    """The reference CNN trained on ``X_train``, loaded from ``cache`` if it is there.
+def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, module=SimpleCNN,
+                  module_params=None, verbose=True):
+    """The reference CNN (or another module) trained on ``X_train``, loaded from ``cache``.
 
     Parameters
     ----------
@@ -44,6 +45,10 @@ def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, v
     seed : int, default=0
         Seeds torch for the initialisation and the batch order.
     epochs : int, default=REFERENCE_EPOCHS
+    module : torch.nn.Module class, default=SimpleCNN
+        Trained the reference way (see :func:`~resistclf.models.make_net`).
+    module_params : dict or None, default=None
+        Passed to ``module``, besides ``n_classes``.
     verbose : bool, default=True
         Print skorch's epoch log while training.
 
@@ -55,11 +60,14 @@ def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, v
         How it was trained, and how long that took.
     """
     cache = Path(cache)
-    info = {"architecture": "SimpleCNN()", "epochs": epochs, "seed": seed,
+    module_params = module_params or {}
+    architecture = f"{module.__name__}(" + ", ".join(
+        f"{k}={v!r}" for k, v in module_params.items()) + ")"
+    info = {"architecture": architecture, "epochs": epochs, "seed": seed,
             "n_train": int(len(X_train)), "optimizer": "Adam(lr=1e-3), batch_size=128"}
     info_path = cache.with_suffix(".json")
-    net = make_net(SimpleCNN, max_epochs=epochs, verbose=int(verbose),
-                   n_classes=int(y_train.max()) + 1)
+    net = make_net(module, max_epochs=epochs, verbose=int(verbose),
+                   n_classes=int(y_train.max()) + 1, **module_params)
     if cache.exists() and info_path.exists():
         recorded = json.loads(info_path.read_text())
         if {k: recorded.get(k) for k in info} == info:
@@ -67,7 +75,7 @@ def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, v
             net.load_params(f_params=cache)
             return net, recorded
     if verbose:
-        print(f"Training the reference CNN on {len(X_train)} images for {epochs} epochs...",
+        print(f"Training {architecture} on {len(X_train)} images for {epochs} epochs...",
               file=sys.stderr)
     start = time.perf_counter()
     with torch.random.fork_rng():

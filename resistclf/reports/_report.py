@@ -4,9 +4,13 @@ import json
 import os
 import platform
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from ..metrics import bootstrap_interval
 
 
 def environment():
@@ -25,6 +29,69 @@ def environment():
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
                    f"{torch.get_num_threads()}, CUDA {'yes' if torch.cuda.is_available() else 'no'}",
     }
+
+
+@contextmanager
+def phase(command, name, timings, verbose):
+    """Time a phase of ``command`` into ``timings[name]``; announce it on stderr if verbose."""
+    if verbose:
+        print(f"[{command}] {name}...", file=sys.stderr)
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 1)
+
+
+def keep_first_timings(out, timings, cached):
+    """Time each phase in ``cached`` as the run that computed it did.
+
+    A phase that only reused cached results takes its time from the previous
+    ``results.json`` in ``out``, if that records one, so that a rerun's report
+    still tells what the work cost.
+    """
+    path = Path(out) / "results.json"
+    previous = json.loads(path.read_text()).get("seconds", {}) if path.exists() else {}
+    for name in cached:
+        if name in previous:
+            timings[name] = previous[name]
+
+
+def rate(mask, *, n_resamples, seed):
+    """The mean of a boolean array with its count and a bootstrap 95% interval."""
+    mask = np.asarray(mask, dtype=bool)
+    interval = (bootstrap_interval(np.mean, mask, n_resamples=n_resamples, random_state=seed)
+                if len(mask) else (np.nan, np.nan))
+    return {"value": float(np.mean(mask)) if len(mask) else np.nan, "ci": interval,
+            "count": int(mask.sum()), "of": int(len(mask))}
+
+
+def scored(metrics, is_positive, scores, *, n_resamples, seed):
+    """Each metric of each score, with a bootstrap 95% interval.
+
+    Parameters
+    ----------
+    metrics : dict of str to callable
+        ``metric(is_positive, score)`` returns a float (NaN where undefined).
+    is_positive : ndarray of bool, shape (n_samples,)
+    scores : dict of str to ndarray of shape (n_samples,)
+        Higher means more likely positive.
+
+    Returns
+    -------
+    results : dict
+        ``results[score_name][metric_name] = {"value": ..., "ci": (low, high)}``.
+    """
+    return {
+        name: {key: {"value": metric(is_positive, score),
+                     "ci": bootstrap_interval(metric, is_positive, score,
+                                              n_resamples=n_resamples, random_state=seed)}
+               for key, metric in metrics.items()}
+        for name, score in scores.items()
+    }
+
+
+def call_repr(name, params):
+    """``name(key=value, ...)``, for the settings line of a report."""
+    return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
 
 
 def write_report(out, markdown, results, figures):

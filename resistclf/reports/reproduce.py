@@ -5,9 +5,7 @@ network's own softmax gives: max-softmax for detection, the softmax second choic
 correction, softmax top-k for top-k.
 """
 
-import sys
-import time
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from .. import AttackCache, ResistanceAttack, ResistanceClassifier
 from ..metrics import bootstrap_interval, detection_metrics, softmax_topk
 from ..plotting import plot_attack_traces, plot_histograms, plot_image_grid, plot_roc_curves
 from ._reference import load_dataset, reference_net
-from ._report import environment, table, with_interval, write_report
+from ._report import call_repr, environment, phase, table, with_interval, write_report
 
 #: The write-up's own figures (its networks, trained on the full training sets).
 WRITEUP = {
@@ -35,13 +33,7 @@ NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 FOLDS = 5
 
 
-@contextmanager
-def _phase(name, timings, verbose):
-    if verbose:
-        print(f"[reproduce] {name}...", file=sys.stderr)
-    start = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - start, 1)
+_phase = partial(phase, "reproduce")
 
 
 def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max_iter=500,
@@ -409,7 +401,7 @@ def _markdown(r):
         "",
         "## Settings, versions and timings",
         "",
-        f"- Attack: `{_call('ResistanceAttack', r['attack'])}`",
+        f"- Attack: `{call_repr('ResistanceAttack', r['attack'])}`",
         f"- Net: {', '.join(f'{k} {v}' for k, v in r['net'].items())}",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in r['environment'].items() if k != 'machine')}",
         f"- Machine: {r['environment']['machine']}",
@@ -422,10 +414,6 @@ def _markdown(r):
 
 def _maybe(value, digits=3):
     return "n/a" if value is None else f"{value:.{digits}g}"
-
-
-def _call(name, params):
-    return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
 
 
 def main(args):

@@ -1,0 +1,416 @@
+"""``resistclf adversarial``: do resistance features tell adversarial examples from clean ones?
+
+The write-up ends with the hypothesis that resistance also detects adversarial examples.
+Adversarial examples are crafted with torchattacks (the optional extra
+``resistclf[adversarial]``) from correctly classified test images, against the reference
+CNN; the resistance attack then runs on clean and adversarial images alike. Res_min, the
+number of steps the attack needs to change the prediction, is the detector of "Attack as
+Defense" (Zhao et al., ISSTA 2021). Every detector sits beside max-softmax on the same net.
+"""
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import joblib
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
+
+from .. import AttackCache, ResistanceAttack
+from .._cache import _fingerprint
+from .._nets import eval_mode
+from ..metrics import auroc, tpr_at_fpr
+from ..plotting import plot_boxplots, plot_image_grid, plot_roc_curves
+from ._reference import load_dataset, reference_net
+from ._report import call_repr, environment, keep_first_timings, phase, scored, table, \
+    with_interval, write_report
+
+#: The attacks crafted: name -> (torchattacks class, its parameters, options).
+#: FGSM and PGD-Linf at the customary MNIST budgets; PGD takes 40 steps of 2.5 * eps / 40
+#: (Madry et al.). CW-L2 is torchattacks' Carlini-Wagner without the binary search over c,
+#: keeping the smallest successful perturbation it finds. The adaptive attack is a targeted
+#: PGD towards the net's runner-up class that counts only if the net ends up at least
+#: ``min_confidence`` sure of the wrong class: the evasion of a confidence-based detector.
+ATTACKS = {
+    **{f"FGSM eps={eps}": ("FGSM", {"eps": eps}, {}) for eps in (0.1, 0.2, 0.3)},
+    **{f"PGD eps={eps}": ("PGD", {"eps": eps, "alpha": 2.5 * eps / 40, "steps": 40,
+                                  "random_start": True}, {}) for eps in (0.1, 0.2, 0.3)},
+    "CW-L2": ("CW", {"c": 10.0, "kappa": 0.0, "steps": 100, "lr": 0.1}, {}),
+    "high-confidence PGD eps=0.3": (
+        "PGD", {"eps": 0.3, "alpha": 0.01, "steps": 100, "random_start": True},
+        {"target": "runner-up", "min_confidence": 0.9}),
+}
+ADAPTIVE, NON_ADAPTIVE = "high-confidence PGD eps=0.3", "PGD eps=0.3"
+NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+FOLDS = 5
+#: Images handed to the resistance attack between two saves of its cache.
+CHUNK = 1024
+DETECTORS = ["Res_N", "Res_max", "Res_min (Attack as Defense)", "LR(resistance), out-of-fold",
+             "max-softmax (baseline)", "LR(max-softmax), out-of-fold (baseline)"]
+
+_phase = partial(phase, "adversarial")
+
+
+def import_torchattacks():
+    """torchattacks, or an ImportError that says what to install."""
+    try:
+        import torchattacks
+    except ImportError as exc:
+        raise ImportError(
+            "resistclf adversarial crafts adversarial examples with torchattacks, which is "
+            "not installed. Install the optional extra: pip install 'resistclf[adversarial]' "
+            "(or: pip install torchattacks==3.5.1)."
+        ) from exc
+    return torchattacks
+
+
+def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, max_iter=500,
+                    n_resamples=1000, verbose=True):
+    """Craft adversarial examples, measure resistance, and score the detectors.
+
+    Parameters
+    ----------
+    dataset : {"mnist", "fashion-mnist"}
+    root : path
+        Folder that holds the torchvision raw files (``MNIST/raw``, ...).
+    out : path
+        Output folder. The trained net, the adversarial examples and the
+        resistance results are cached there, so a rerun reuses them.
+    download : bool, default=False
+        Let torchvision fetch missing files.
+    seed : int, default=0
+        Seeds the net's training, the choice of clean images, the attacks'
+        random starts, the folds and the bootstrap.
+    limit : int, default=1000
+        Number of correctly classified test images to craft adversarial
+        examples from, drawn at random (all of them if fewer).
+    max_iter : int, default=500
+        Steps of the resistance attack.
+    n_resamples : int, default=1000
+        Bootstrap resamples for the 95% intervals.
+    verbose : bool, default=True
+        Progress on standard error.
+
+    Returns
+    -------
+    results : dict
+        What ``results.json`` holds.
+    """
+    torchattacks = import_torchattacks()
+    out = Path(out)
+    timings = {}
+    with _phase("load the data and the reference net", timings, verbose):
+        X_train, y_train, X_test, y_test = load_dataset(dataset, root, download=download)
+        net, net_info = reference_net(X_train, y_train, cache=out / "net.pt", seed=seed,
+                                      verbose=verbose)
+        module = net.module_
+        correct = np.flatnonzero(net.predict(X_test) == y_test)
+        rng = np.random.RandomState(seed)
+        chosen = np.sort(rng.choice(correct, min(limit, len(correct)), replace=False))
+        X, y = X_test[chosen], y_test[chosen]
+
+    cached = []
+    with _phase("craft adversarial examples", timings, verbose):
+        crafted, from_cache = _crafted(torchattacks, module, X, y, seed,
+                                       out / "adversarial-examples.joblib", verbose)
+        cached += ["craft adversarial examples"] if from_cache else []
+        success = {name: _successful(module, crafted[name], y, name) for name in ATTACKS}
+        adversarial = {name: crafted[name][success[name]] for name in ATTACKS}
+
+    attack = ResistanceAttack(max_iter=max_iter)
+    with _phase("resistance of clean and adversarial images", timings, verbose):
+        result, n_fresh = _resistance(attack, module, [X, *adversarial.values()],
+                                      out / "attack-cache.joblib", verbose)
+        cached += [] if n_fresh else ["resistance of clean and adversarial images"]
+    bounds = np.cumsum([0, len(X), *(len(a) for a in adversarial.values())])
+    clean = result[: bounds[1]]
+    per_attack = {name: result[bounds[i + 1]: bounds[i + 2]] for i, name in enumerate(ATTACKS)}
+
+    with _phase("detection metrics and bootstrap intervals", timings, verbose):
+        analysis, scores = {}, {}
+        for name in ATTACKS:
+            analysis[name], scores[name] = _analyse(
+                clean, per_attack[name], adversarial[name] - X[success[name]], seed, n_resamples)
+    results = {
+        "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
+        "n_test": int(len(X_test)), "test_accuracy": float(len(correct) / len(X_test)),
+        "n_clean": int(len(X)), "net": net_info, "attack": attack.get_params(),
+        "adversarial_attacks": {name: {"torchattacks": cls, "params": params, **options}
+                                for name, (cls, params, options) in ATTACKS.items()},
+        "torchattacks": torchattacks.__version__, "folds": FOLDS,
+        "n_resamples": n_resamples, "environment": environment(),
+        "clean": {"flip_rate": float(clean.flipped.mean()),
+                  "median": _medians(clean)},
+        "attacks": analysis,
+    }
+    with _phase("figures and report", timings, verbose):
+        figures = _figures(X, y, clean, per_attack, crafted, module, scores)
+    keep_first_timings(out, timings, cached)
+    results["seconds"] = timings
+    write_report(out, _markdown(results), results, figures)
+    return results
+
+
+def _crafted(torchattacks, module, X, y, seed, path, verbose):
+    """Each attack's adversarial version of every image in X, cached in ``path``.
+
+    Returns the examples and whether they came from the cache.
+    """
+    key = joblib.hash((_fingerprint(module), X, y, ATTACKS, seed, torchattacks.__version__))
+    if path.exists():
+        saved = joblib.load(path)
+        if saved["key"] == key:
+            return saved["examples"], True
+    images, labels = torch.from_numpy(np.array(X)), torch.from_numpy(np.array(y))
+    examples = {}
+    with eval_mode(module):
+        for name in tqdm(ATTACKS, desc="crafting", disable=not verbose):
+            cls, params, options = ATTACKS[name]
+            crafter = getattr(torchattacks, cls)(module, **params)
+            if options.get("target") == "runner-up":
+                crafter.set_mode_targeted_by_function(partial(_runner_up, module), quiet=True)
+            with torch.random.fork_rng():  # PGD's random start
+                torch.manual_seed(seed)
+                examples[name] = crafter(images, labels).detach().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump({"key": key, "examples": examples}, path)
+    return examples, False
+
+
+def _runner_up(module, images, labels):
+    with torch.no_grad():
+        return module(images).topk(2, dim=1).indices[:, 1]
+
+
+def _softmax(module, images):
+    with eval_mode(module), torch.no_grad():
+        return module(torch.from_numpy(np.array(images))).softmax(dim=1).numpy()
+
+
+def _successful(module, adversarial, y, name):
+    """Which adversarial images change the prediction (with the attack's minimum confidence)."""
+    proba = _softmax(module, adversarial)
+    ok = proba.argmax(axis=1) != y
+    min_confidence = ATTACKS[name][2].get("min_confidence")
+    return ok & (proba.max(axis=1) >= min_confidence) if min_confidence else ok
+
+
+def _resistance(attack, module, parts, path, verbose):
+    """The resistance attack on every image of ``parts``, cached in ``path`` as it goes.
+
+    Returns the result and the number of images that were not cached yet.
+    """
+    cache = AttackCache.load(path) if path.exists() else AttackCache()
+    before = len(cache)
+    images = np.concatenate(parts)
+    for start in tqdm(range(0, len(images), CHUNK), desc="resistance attack",
+                      unit=f"x{CHUNK} images", disable=not verbose):
+        cache.attack(attack, module, images[start: start + CHUNK])
+        cache.save(path)
+    return cache.attack(attack, module, images), len(cache) - before
+
+
+METRICS = {"auroc": auroc, "tpr_at_5_fpr": partial(tpr_at_fpr, fpr=0.05)}
+
+
+def _medians(result):
+    return {"Res_N": float(np.median(result.res_n)), "Res_max": float(np.median(result.res_max)),
+            "Res_min": float(np.median(result.res_min)),
+            "max-softmax": float(np.median(result.conf0))}
+
+
+def _analyse(clean, adv, delta, seed, n_resamples):
+    """One attack's success, and each detector's clean-versus-adversarial scores.
+
+    Returns the summary for ``results.json`` and the per-image scores (None if the
+    attack succeeded fewer than twice).
+    """
+    n_pos = len(adv)
+    flat = delta.reshape(n_pos, -1)
+    summary = {
+        "success": {"count": n_pos, "of": len(clean), "value": n_pos / len(clean)},
+        "median_l2": float(np.median(np.linalg.norm(flat, axis=1))) if n_pos else np.nan,
+        "median_linf": float(np.median(np.abs(flat).max(axis=1))) if n_pos else np.nan,
+        "resistance_flip_rate": float(adv.flipped.mean()) if n_pos else np.nan,
+        "median": _medians(adv) if n_pos else None,
+        "detection": None,
+    }
+    if n_pos < 2:
+        return summary, None
+    is_adv = np.r_[np.zeros(len(clean), bool), np.ones(n_pos, bool)]
+    features = np.vstack([clean.features, adv.features])
+    max_softmax = np.r_[clean.conf0, adv.conf0]
+    folds = StratifiedKFold(min(FOLDS, n_pos), shuffle=True, random_state=seed)
+
+    def out_of_fold(X):
+        return cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression()), X,
+                                 is_adv, cv=folds, method="predict_proba")[:, 1]
+
+    # Adversarial examples are expected near a decision boundary: low resistance and low
+    # confidence point to them. The learned detectors pick their own direction, so the
+    # one on max-softmax is the fair baseline for the one on resistance.
+    scores = dict(zip(DETECTORS, [-features[:, 0], -features[:, 1], -features[:, 2],
+                                  out_of_fold(features), -max_softmax,
+                                  out_of_fold(max_softmax[:, None])]))
+    summary["detection"] = scored(METRICS, is_adv, scores, n_resamples=n_resamples, seed=seed)
+    return summary, (is_adv, scores)
+
+
+def _figures(X, y, clean, per_attack, crafted, module, scores):
+    import matplotlib.pyplot as plt
+
+    columns = 4
+    rows = -(-len(ATTACKS) // columns)
+    roc, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, ATTACKS):
+        if scores[name] is None:
+            ax.set_title(name)
+            ax.text(0.5, 0.5, "fewer than 2 successful examples", ha="center")
+        else:
+            plot_roc_curves(*scores[name], ax=ax, title=f"clean vs {name}")
+            ax.legend(fontsize=6, loc="lower right")
+    for ax in axes.flat[len(ATTACKS):]:
+        ax.axis("off")
+    roc.tight_layout()
+
+    def values(result):
+        return [result.res_n, result.res_max, result.res_min.astype(float), result.conf0]
+
+    groups = {"clean": values(clean),
+              **{name: values(result) for name, result in per_attack.items() if len(result)}}
+    shown = np.arange(min(4, len(X)))
+    images, titles = [], []
+    for i in shown:
+        images.append(X[i])
+        titles.append(f"clean: {y[i]}")
+        for name in ATTACKS:
+            proba = _softmax(module, crafted[name][i: i + 1])[0]
+            images.append(crafted[name][i])
+            titles.append(f"{name.replace('high-confidence', 'HC')}\n"
+                          f"-> {proba.argmax()} ({proba.max():.2f})")
+    return {
+        "roc": roc,
+        "features": plot_boxplots(groups, ["Res_N", "Res_max", "Res_min (steps)",
+                                           "max-softmax (baseline)"]),
+        "examples": plot_image_grid(np.array(images), titles, columns=len(ATTACKS) + 1),
+    }
+
+
+def _markdown(r):
+    dataset = NAMES[r["dataset"]]
+    attacks = r["attacks"]
+
+    def metric_row(name, key):
+        a = attacks[name]
+        cells = ["n/a"] * len(DETECTORS) if a["detection"] is None else [
+            with_interval(a["detection"][d][key]["value"], a["detection"][d][key]["ci"],
+                          percent=key != "auroc") for d in DETECTORS]
+        return [name, f"{a['success']['count']} of {a['success']['of']}", *cells]
+
+    header = ["attack", "successful", *DETECTORS]
+    lines = [
+        f"# Detecting adversarial examples by their resistance, on {dataset}",
+        "",
+        f"Reference CNN ({r['net']['architecture']}, {r['net']['optimizer']}, "
+        f"{r['net']['epochs']} epochs, seed {r['seed']}) trained on **{r['n_train']:,} training "
+        f"images**; test accuracy {100 * r['test_accuracy']:.2f}% on {r['n_test']:,} test "
+        f"images. Adversarial examples were crafted with torchattacks {r['torchattacks']} from "
+        f"**{r['n_clean']:,} correctly classified test images** (a random subset, seed "
+        f"{r['seed']}), in [0, 1]. Detection is clean (negative, all {r['n_clean']:,}) against "
+        "the successful adversarial examples of one attack (positive). Resistance attack: "
+        f"{r['attack']['max_iter']} steps of size {r['attack']['step_size']}, "
+        f"{r['attack']['norm'].upper()} norm, the same as for error detection. Brackets hold "
+        f"bootstrap 95% intervals ({r['n_resamples']} resamples of the images).",
+        "",
+    ]
+    if r["dataset"] == "mnist" and r["n_train"] < 60000:
+        lines += [f"MNIST's training split here holds only the first {r['n_train']:,} of the "
+                  "official 60,000 images.", ""]
+    lines += [
+        "Res_min, the number of steps until the prediction first changes, is the detector of "
+        "\"Attack as Defense\" (Zhao et al., ISSTA 2021), the published anchor. A single feature "
+        "flags an image as adversarial when its value is low. LR(resistance) is a "
+        "standardised logistic regression on Res_N, Res_max and Res_min, trained on each "
+        f"attack's own examples and scored {r['folds']}-fold out-of-fold: it knows the attack "
+        "and picks its own direction. Its baseline is the same logistic regression on "
+        "max-softmax alone.",
+        "",
+        "## AUROC, clean vs adversarial",
+        "",
+        table(header, [metric_row(name, "auroc") for name in attacks]),
+        "",
+        "## True-positive rate at 5% false-positive rate",
+        "",
+        table(header, [metric_row(name, "tpr_at_5_fpr") for name in attacks]),
+        "",
+        "![ROC curves](roc.png)",
+        "",
+    ]
+    adaptive, plain = attacks[ADAPTIVE], attacks[NON_ADAPTIVE]
+    lines += ["## The adaptive check: a high-confidence attack", "",
+              f"The \"{ADAPTIVE}\" attack is a targeted PGD towards the net's runner-up class "
+              f"({call_repr('PGD', r['adversarial_attacks'][ADAPTIVE]['params'])}); an example "
+              "counts only if the net is at least 90% sure of the wrong class, which is the "
+              "obvious way to evade a confidence-based detector. Its AUROC beside the plain "
+              f"{NON_ADAPTIVE}:", ""]
+    if adaptive["detection"] and plain["detection"]:
+        lines += [table(["detector", NON_ADAPTIVE, ADAPTIVE], [
+            [d, *(with_interval(a["detection"][d]["auroc"]["value"],
+                                a["detection"][d]["auroc"]["ci"]) for a in (plain, adaptive))]
+            for d in DETECTORS]), ""]
+    else:
+        lines += ["Too few successful examples to compare.", ""]
+    lines += [
+        "## The attacks",
+        "",
+        f"The resistance attack itself changed the prediction of "
+        f"{100 * r['clean']['flip_rate']:.1f}% of the clean images.",
+        "",
+        table(["attack", "torchattacks", "successful", "median L2", "median Linf",
+               "resistance attack flipped", "median Res_N", "median Res_min",
+               "median max-softmax"],
+              [["clean", "", "", "", "", f"{100 * r['clean']['flip_rate']:.1f}%",
+                *(f"{r['clean']['median'][k]:.3g}" for k in ("Res_N", "Res_min", "max-softmax"))]]
+              + [[name, call_repr(spec["torchattacks"], spec["params"]),
+                  with_interval(a["success"]["value"], None, percent=True),
+                  f"{a['median_l2']:.3g}", f"{a['median_linf']:.3g}",
+                  with_interval(a["resistance_flip_rate"], None, percent=True),
+                  *(("n/a",) * 3 if a["median"] is None else
+                    (f"{a['median'][k]:.3g}" for k in ("Res_N", "Res_min", "max-softmax")))]
+                 for (name, a), spec in zip(attacks.items(),
+                                             r["adversarial_attacks"].values())]),
+        "",
+        "![Resistance and max-softmax of clean and adversarial images](features.png)",
+        "",
+        "![Clean images and their adversarial versions (prediction and confidence)]"
+        "(examples.png)",
+        "",
+        "## Settings, versions and timings",
+        "",
+        f"- Resistance attack: `{call_repr('ResistanceAttack', r['attack'])}`",
+        f"- Net: {', '.join(f'{k} {v}' for k, v in r['net'].items())}",
+        f"- Versions: torchattacks {r['torchattacks']}, "
+        f"{', '.join(f'{k} {v}' for k, v in r['environment'].items() if k != 'machine')}",
+        f"- Machine: {r['environment']['machine']}",
+        f"- Seed {r['seed']}; wall time per phase (s), as first computed: "
+        + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(args):
+    """Entry point of ``resistclf adversarial``."""
+    out = args.out or f"results/adversarial-{args.dataset}"
+    try:
+        import_torchattacks()
+    except ImportError as exc:
+        sys.exit(f"resistclf adversarial: error: {exc}")
+    run_adversarial(args.dataset, args.root, out=out, download=args.download, seed=args.seed,
+                    limit=args.limit, max_iter=args.max_iter, n_resamples=args.n_resamples,
+                    verbose=not args.quiet)

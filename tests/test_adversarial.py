@@ -1,0 +1,83 @@
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from resistclf.cli import main
+from resistclf.reports.adversarial import ATTACKS, DETECTORS, run_adversarial
+
+from .conftest import copy_net
+
+
+@pytest.fixture(scope="module")
+def report(fake_mnist_root, fake_mnist_net, tmp_path_factory):
+    pytest.importorskip("torchattacks")
+    out = tmp_path_factory.mktemp("adversarial")
+    copy_net(fake_mnist_net, out)
+    results = run_adversarial("mnist", fake_mnist_root, out=out, limit=30, max_iter=20,
+                              n_resamples=20, verbose=False)
+    return out, results
+
+
+def test_adversarial_writes_report_figures_and_caches(report):
+    out, results = report
+    for name in ["report.md", "results.json", "roc.png", "features.png", "examples.png",
+                 "adversarial-examples.joblib", "attack-cache.joblib"]:
+        assert (out / name).exists(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["n_clean"] == 30 and saved["n_train"] == 1000
+    assert list(saved["attacks"]) == list(ATTACKS)
+    report_text = (out / "report.md").read_text()
+    for phrase in ["max-softmax (baseline)", "Attack as Defense", "high-confidence PGD",
+                   "True-positive rate at 5% false-positive rate"]:
+        assert phrase in report_text, phrase
+
+
+def test_adversarial_scores_every_detector_with_intervals(report):
+    _, results = report
+    # PGD at eps=0.3 fools a small undefended CNN on almost every image.
+    pgd = results["attacks"]["PGD eps=0.3"]
+    assert pgd["success"]["count"] >= 20
+    assert list(pgd["detection"]) == DETECTORS
+    for detector in DETECTORS:
+        for metric in ["auroc", "tpr_at_5_fpr"]:
+            entry = pgd["detection"][detector][metric]
+            assert 0 <= entry["value"] <= 1
+            low, high = entry["ci"]
+            assert low <= high
+    # High-confidence examples are those the net is at least 90% sure of.
+    assert results["attacks"]["high-confidence PGD eps=0.3"]["median"]["max-softmax"] >= 0.9
+    for attack in results["attacks"].values():
+        assert attack["success"]["of"] == 30
+        assert 0 <= attack["success"]["count"] <= 30
+
+
+def test_adversarial_rerun_reuses_caches(report, fake_mnist_root):
+    out, results = report
+    again = run_adversarial("mnist", fake_mnist_root, out=out, limit=30, max_iter=20,
+                            n_resamples=20, verbose=False)
+    assert again["attacks"] == results["attacks"]
+    # Cached phases keep the time they took when computed.
+    for phase in ["craft adversarial examples", "resistance of clean and adversarial images"]:
+        assert again["seconds"][phase] == results["seconds"][phase], phase
+
+
+def test_adversarial_without_torchattacks_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchattacks", None)  # import torchattacks fails
+    with pytest.raises(ImportError, match=r"pip install 'resistclf\[adversarial\]'"):
+        run_adversarial("mnist", tmp_path, out=tmp_path / "out", verbose=False)
+    with pytest.raises(SystemExit, match=r"torchattacks, which is not installed"):
+        main(["adversarial", "--dataset", "mnist", "--root", str(tmp_path)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_adversarial_cli_quick_run(fake_mnist_root, fake_mnist_net, tmp_path):
+    pytest.importorskip("torchattacks")
+    out = tmp_path / "cli"
+    copy_net(fake_mnist_net, out)
+    main(["adversarial", "--dataset", "mnist", "--root", str(fake_mnist_root), "--out",
+          str(out), "--limit", "10", "--max-iter", "5", "--n-resamples", "5", "--quiet"])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["n_clean"] == 10 and saved["attack"]["max_iter"] == 5
+    assert np.isfinite(saved["clean"]["median"]["Res_N"])

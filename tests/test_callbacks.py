@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import torch
+
+from resistclf import ResistanceAttack, ResistanceMonitor
+
+from .conftest import tiny_cnn_net
+
+FAST = ResistanceAttack(max_iter=30, batch_size=100)
+
+
+def _train(digits, callbacks, epochs=5):
+    X, y, _, _ = digits
+    net = tiny_cnn_net(max_epochs=epochs).set_params(callbacks=callbacks)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return net.fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def monitored(digits):
+    _, _, X_val, y_val = digits
+    monitor = ResistanceMonitor(X_val[:100], y_val[:100], attack=FAST)
+    return _train(digits, [("resistance", monitor)]), monitor
+
+
+def test_monitor_records_every_key_every_epoch(monitored):
+    net, monitor = monitored
+    assert monitor.keys_ == [f"resistance_{key}" for key in [
+        "accuracy", "n_errors", "res_n_mean_correct", "res_n_mean_incorrect",
+        "res_n_q10_correct", "res_n_q50_correct", "res_n_q90_correct",
+        "res_n_q10_incorrect", "res_n_q50_incorrect", "res_n_q90_incorrect",
+        "auroc_res_n", "auroc_max_softmax", "correction_rate", "flip_rate", "seconds"]]
+    for key in monitor.keys_:
+        assert len(net.history[:, key]) == 5, key
+
+
+def test_monitor_values_match_a_direct_attack_and_change_across_epochs(monitored, digits):
+    net, _ = monitored
+    _, _, X_val, y_val = digits
+    X_val, y_val = X_val[:100], y_val[:100]
+    # The last epoch's entries are those of the trained net.
+    result = FAST(net.module_, torch.from_numpy(X_val))
+    is_error = result.c0 != y_val
+    assert net.history[-1, "resistance_n_errors"] == is_error.sum()
+    assert net.history[-1, "resistance_accuracy"] == pytest.approx(1 - is_error.mean())
+    assert net.history[-1, "resistance_res_n_mean_correct"] == pytest.approx(
+        result.res_n[~is_error].mean())
+    assert net.history[-1, "resistance_res_n_q50_correct"] == pytest.approx(
+        np.median(result.res_n[~is_error]))
+    assert net.history[-1, "resistance_flip_rate"] == pytest.approx(result.flipped.mean())
+    # Training moves the net, so what the monitor sees moves too.
+    accuracy = net.history[:, "resistance_accuracy"]
+    assert accuracy[-1] > accuracy[0]
+    assert len(set(net.history[:, "resistance_res_n_mean_correct"])) > 1
+    assert len(set(net.history[:, "resistance_auroc_res_n"])) > 1
+
+
+def test_monitor_leaves_training_unchanged(monitored, digits):
+    net, _ = monitored
+    plain = _train(digits, [])
+    np.testing.assert_allclose(plain.history[:, "train_loss"], net.history[:, "train_loss"],
+                               rtol=1e-6)
+
+
+def test_monitor_undefined_values_are_nan(monitored, digits):
+    # On images the net gets all right there is no error to detect or correct.
+    net, _ = monitored
+    _, _, X_val, y_val = digits
+    right = net.predict(X_val) == y_val
+    monitor = ResistanceMonitor(X_val[right][:20], y_val[right][:20], name="all_right",
+                                attack=ResistanceAttack(max_iter=5, batch_size=20)).initialize()
+    monitor.on_epoch_end(net)
+    assert net.history[-1, "all_right_n_errors"] == 0
+    assert net.history[-1, "all_right_accuracy"] == 1
+    for key in ["res_n_mean_incorrect", "res_n_q50_incorrect", "auroc_res_n",
+                "auroc_max_softmax", "correction_rate"]:
+        assert np.isnan(net.history[-1, f"all_right_{key}"]), key
+    assert not np.isnan(net.history[-1, "all_right_res_n_mean_correct"])
+
+
+def test_monitor_does_not_modify_its_inputs(digits):
+    _, _, X_val, y_val = digits
+    X, y = X_val[:20].copy(), y_val[:20].copy()
+    _train(digits, [ResistanceMonitor(X, y, attack=ResistanceAttack(max_iter=5,
+                                                                    batch_size=20))], epochs=1)
+    np.testing.assert_array_equal(X, X_val[:20])
+    np.testing.assert_array_equal(y, y_val[:20])
+
+
+@pytest.mark.parametrize("params, error, match", [
+    ({"X_val": np.zeros((0, 1, 8, 8))}, ValueError, "X_val must hold at least one sample"),
+    ({"X_val": np.zeros(5)}, ValueError, "X_val must hold at least one sample"),
+    ({"y_val": np.zeros(3)}, ValueError, r"y_val must have shape \(n_samples,\) = \(10,\)"),
+    ({"attack": "fast"}, TypeError, "attack must be a ResistanceAttack or None"),
+    ({"quantiles": (0.1, 1.5)}, ValueError, "quantiles must be a non-empty tuple"),
+    ({"quantiles": ()}, ValueError, "quantiles must be a non-empty tuple"),
+    ({"name": ""}, ValueError, "name must be a non-empty string"),
+])
+def test_monitor_rejects_bad_parameters(params, error, match):
+    kwargs = {"X_val": np.zeros((10, 1, 8, 8), np.float32), "y_val": np.zeros(10), **params}
+    X_val, y_val = kwargs.pop("X_val"), kwargs.pop("y_val")
+    with pytest.raises(error, match=match):
+        ResistanceMonitor(X_val, y_val, **kwargs).initialize()

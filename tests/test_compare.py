@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from resistclf.cli import main
+from resistclf.reports.compare import DETECTORS, NETS, run_compare
+
+from .conftest import copy_net
+
+
+@pytest.fixture(scope="module")
+def report(fake_mnist_root, fake_mnist_net, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    copy_net(fake_mnist_net, out)
+    return out, run_compare("mnist", fake_mnist_root, out=out, limit=80, max_iter=20,
+                            n_resamples=20, verbose=False)
+
+
+def test_compare_tabulates_every_net_on_the_same_images(report):
+    out, results = report
+    for name in ["report.md", "results.json", "roc.png", "features.png", "net.pt", "mlp.pt",
+                 "cnn-quarter.pt", "attack-cache.joblib"]:
+        assert (out / name).exists(), name
+    assert list(results["comparison"]) == list(NETS)
+    assert results["nets"]["CNN, quarter of the data"]["n_train"] == 250
+    assert results["nets"]["MLP"]["architecture"] == "MLP(n_features=784)"
+    for net in results["comparison"].values():
+        assert net["accuracy"]["of"] == 80
+        assert net["correction"]["adversarial_class_is_true"]["of"] == 80 - net["accuracy"][
+            "count"]
+    report_text = (out / "report.md").read_text()
+    for phrase in ["CNN, quarter of the data", "MLP", "max-softmax (baseline)", "accuracy"]:
+        assert phrase in report_text, phrase
+
+
+def test_compare_scores_detectors_where_errors_exist(report):
+    _, results = report
+    detected = [net["detection"] for net in results["comparison"].values()
+                if net["detection"] is not None]
+    assert detected  # 80 digits upscaled to 28x28 give every net some errors
+    for detection in detected:
+        assert list(detection) == DETECTORS
+        for entry in detection.values():
+            assert 0 <= entry["auroc"]["value"] <= 1
+
+
+def test_compare_rerun_reuses_nets_and_attacks(report, fake_mnist_root):
+    out, results = report
+    net_bytes = (out / "mlp.pt").read_bytes()
+    again = run_compare("mnist", fake_mnist_root, out=out, limit=80, max_iter=20,
+                        n_resamples=20, verbose=False)
+    assert (out / "mlp.pt").read_bytes() == net_bytes
+    assert again["comparison"] == results["comparison"]
+    for name in NETS:  # cached attacks keep the time they took when computed
+        phase = f"attack the test images: {name}"
+        assert again["seconds"][phase] == results["seconds"][phase], phase
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--root", "x"], "--dataset"),
+    (["compare", "--dataset", "cifar", "--root", "x"], "invalid choice"),
+    (["dynamics", "--dataset", "mnist", "--root", "x", "--epochs", "0"], "positive integer"),
+    (["adversarial", "--dataset", "mnist", "--root", "x", "--limit", "0"], "positive integer"),
+    (["adversarial", "--dataset", "mnist"], "--root"),
+])
+def test_study_commands_reject_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

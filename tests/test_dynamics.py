@@ -1,0 +1,49 @@
+import json
+
+import numpy as np
+import pytest
+
+from resistclf.cli import main
+from resistclf.reports.dynamics import run_dynamics
+
+
+@pytest.fixture(scope="module")
+def report(fake_mnist_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dynamics")
+    return out, run_dynamics("mnist", fake_mnist_root, out=out, limit=60, epochs=3, max_iter=20,
+                             verbose=False)
+
+
+def test_dynamics_writes_history_per_epoch(report):
+    out, results = report
+    for name in ["report.md", "results.json", "dynamics.png", "history.json"]:
+        assert (out / name).exists(), name
+    history = results["history"]
+    assert [epoch["epoch"] for epoch in history] == [1, 2, 3]
+    for key in ["train_loss", "resistance_accuracy", "resistance_res_n_q50_correct",
+                "resistance_auroc_res_n", "resistance_auroc_max_softmax",
+                "resistance_correction_rate"]:
+        assert all(key in epoch for epoch in history), key
+    assert history[-1]["resistance_accuracy"] > history[0]["resistance_accuracy"]
+    assert results["n_val"] == 60
+    report_text = (out / "report.md").read_text()
+    assert "Early in training against late" in report_text and "max-softmax" in report_text
+
+
+def test_dynamics_rerun_reuses_history(report, fake_mnist_root):
+    out, results = report
+    again = run_dynamics("mnist", fake_mnist_root, out=out, limit=60, epochs=3, max_iter=20,
+                         verbose=False)
+    assert again["history"] == json.loads(json.dumps(results["history"]))
+    assert again["seconds"].keys() == results["seconds"].keys()
+    (phase,) = [p for p in results["seconds"] if p.startswith("train")]
+    assert again["seconds"][phase] == results["seconds"][phase]  # as first computed
+    assert "as first computed" in (out / "report.md").read_text()
+
+
+def test_dynamics_cli_quick_run(fake_mnist_root, tmp_path):
+    main(["dynamics", "--dataset", "mnist", "--root", str(fake_mnist_root), "--out",
+          str(tmp_path), "--limit", "20", "--epochs", "1", "--max-iter", "5", "--quiet"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["epochs"] == 1 and saved["n_val"] == 20
+    assert np.isfinite(saved["history"][0]["resistance_accuracy"])
