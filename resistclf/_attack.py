@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from tqdm.auto import tqdm
 
-from ._nets import eval_mode, forward, module_device, module_dtype, on_device
+from ._nets import channels_last_weights, eval_mode, forward, module_device, module_dtype, on_device
 
 FEATURE_NAMES = ("res_n", "res_max", "res_min")
 
@@ -181,6 +181,12 @@ class ResistanceAttack(BaseEstimator):
         settled into its oscillation across the Conf thresholds. Res_N is then
         ``|r|`` at that step rather than at step ``max_iter``. Only with
         ``optimizer="sgd"`` and without traces.
+    channels_last : bool, default=False
+        Run 4-D image batches, and the module's 4-D weights, in channels-last
+        memory format for the attack (the module is restored afterwards).
+        Convolutions run faster that way on CPUs (oneDNN) and on CUDA tensor
+        cores, most of all in reduced precision. Different kernels change
+        results in their last digits, like a different batch size (see Notes).
     device : str, torch.device or None, default=None
         Where to run. None runs on the module's own device. Otherwise the
         module is moved there for the attack and moved back afterwards.
@@ -240,6 +246,7 @@ class ResistanceAttack(BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "precision": [StrOptions(set(_PRECISIONS))],
         "early_exit": [Interval(Integral, 1, None, closed="left"), None],
+        "channels_last": ["boolean"],
         "device": [str, torch.device, None],
         "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
@@ -257,6 +264,7 @@ class ResistanceAttack(BaseEstimator):
         batch_size=256,
         precision="float32",
         early_exit=None,
+        channels_last=False,
         device=None,
         n_jobs=None,
         verbose=False,
@@ -270,6 +278,7 @@ class ResistanceAttack(BaseEstimator):
         self.batch_size = batch_size
         self.precision = precision
         self.early_exit = early_exit
+        self.channels_last = channels_last
         self.device = device
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -363,7 +372,8 @@ class ResistanceAttack(BaseEstimator):
 
     def _attack_chunk(self, module, X, device, batch_size, rank, return_trace,
                       progress=None):
-        with on_device(module, device), eval_mode(module), torch.enable_grad():
+        with on_device(module, device), eval_mode(module), torch.enable_grad(), \
+                channels_last_weights(module, enabled=self.channels_last and X.dim() == 4):
             return self._attack_images(module, X, device, batch_size, rank, return_trace,
                                        progress or (lambda count: None))
 
@@ -375,7 +385,9 @@ class ResistanceAttack(BaseEstimator):
         never = self.max_iter + 1
         autocast = torch.autocast(device.type, dtype=_PRECISIONS[self.precision],
                                   enabled=self.precision != "float32")
-        slots = _Slots(X, batch_size, device, dtype, return_trace, self.max_iter)
+        memory_format = (torch.channels_last if self.channels_last and X.dim() == 4
+                         else torch.contiguous_format)
+        slots = _Slots(X, batch_size, device, dtype, return_trace, self.max_iter, memory_format)
         r = torch.zeros_like(slots.x, requires_grad=True)
         optimizer = None
 
@@ -454,10 +466,12 @@ class _Slots:
     module always sees ``size`` rows.
     """
 
-    def __init__(self, X, size, device, dtype, return_trace, max_iter):
+    def __init__(self, X, size, device, dtype, return_trace, max_iter, memory_format):
         self.X, self.device, self.dtype, self.max_iter = X, device, dtype, max_iter
         self.work = torch.promote_types(dtype, torch.float32)  # bookkeeping precision
-        self.x = torch.zeros((size, *X.shape[1:]), dtype=dtype, device=device)
+        # .to() sets the strides even where they are ambiguous (one channel).
+        self.x = torch.zeros((size, *X.shape[1:]), dtype=dtype, device=device).to(
+            memory_format=memory_format)
         self.image = torch.full((size,), -1, dtype=torch.long, device=device)
         self.step = torch.zeros(size, dtype=torch.long, device=device)
         self.next_image = 0

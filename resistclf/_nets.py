@@ -185,3 +185,19 @@ def on_device(module, device):
         yield module
     finally:
         module.to(original)
+
+
+@contextmanager
+def channels_last_weights(module, enabled=True):
+    """Store the module's 4-D parameters channels-last for the duration, then restore them.
+
+    The original tensors are put back, so the module is left exactly as it was.
+    """
+    original = [(p, p.data) for p in module.parameters() if enabled and p.dim() == 4]
+    try:
+        for p, data in original:
+            p.data = data.to(memory_format=torch.channels_last)
+        yield module
+    finally:
+        for p, data in original:
+            p.data = data

@@ -302,6 +302,22 @@ def test_attack_bfloat16_is_close_to_float32(cnn_module, digits):
     assert np.corrcoef(fast.res_max, exact.res_max)[0, 1] > 0.9
 
 
+def test_attack_channels_last_agrees_and_restores_the_weights(cnn_module, digits):
+    _, _, X, _ = digits
+    X = torch.tensor(X[:64])
+    weights = [p for p in cnn_module.parameters()]
+    exact = ResistanceAttack(max_iter=100, batch_size=64)(cnn_module, X)
+    fast = ResistanceAttack(max_iter=100, batch_size=64, channels_last=True)(cnn_module, X)
+    assert all(a is b for a, b in zip(cnn_module.parameters(), weights))
+    assert all(p.is_contiguous() for p in weights)
+    np.testing.assert_array_equal(fast.c0, exact.c0)
+    np.testing.assert_allclose(fast.conf0, exact.conf0, rtol=1e-5)
+    # Res_min and the class are decided early, before rounding differences grow.
+    assert np.mean(fast.res_min == exact.res_min) >= 0.95
+    assert np.mean(fast.adversarial_class == exact.adversarial_class) >= 0.9
+    assert np.corrcoef(fast.res_max, exact.res_max)[0, 1] > 0.95
+
+
 def test_attack_n_jobs_gives_identical_results(cnn_module, digits):
     _, _, X, _ = digits
     X = torch.tensor(X[:40])

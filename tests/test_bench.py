@@ -11,7 +11,8 @@ def test_bench_writes_tables_and_json(tmp_path, capsys):
     main(["bench", "--steps", "2", "--batch-sizes", "16", "32", "--out", str(tmp_path),
           "--quiet"])
     results = json.loads((tmp_path / "bench.json").read_text())
-    assert [row["batch_size"] for row in results["throughput"]] == [16, 32, 16, 32]
+    assert [row["batch_size"] for row in results["throughput"]] == [16, 32] * 4
+    assert {row["layout"] for row in results["throughput"]} == {"contiguous", "channels last"}
     for row in results["throughput"]:
         assert row["image_steps_per_s"] > 0 and 0 < row["share_of_peak"] < 1
         assert row["peak_memory_bytes"] > 0
