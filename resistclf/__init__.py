@@ -2,10 +2,10 @@
 
 from ._attack import AttackResult, ResistanceAttack
 from ._cache import AttackCache
-from ._estimator import ResistanceClassifier
+from ._estimator import ResistanceClassifier, make_detector
 from .callbacks import ResistanceMonitor
 
 __version__ = "0.1.0"
 
 __all__ = ["AttackCache", "AttackResult", "ResistanceAttack", "ResistanceClassifier",
-           "ResistanceMonitor", "__version__"]
+           "ResistanceMonitor", "__version__", "make_detector"]

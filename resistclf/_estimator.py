@@ -25,7 +25,7 @@ from sklearn.model_selection import (
     train_test_split,
 )
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
@@ -48,6 +48,24 @@ from ._nets import (
 
 #: Number of folds used to get out-of-fold P(error) when tuning the threshold.
 THRESHOLD_FOLDS = 5
+
+
+def make_detector():
+    """The default error detector: logistic regression on ``log(1 + feature)``, standardised.
+
+    The resistance features are positive and heavy-tailed (an image that never
+    flips has Res_min = ``max_iter + 1``, and ``|r|`` keeps growing for it), so
+    a linear model on their raw values is dominated by a few large ones; on
+    their logarithms it uses the whole range. On the FashionMNIST test set
+    this raised the out-of-fold AUROC of error detection from 0.774 to 0.879
+    (0.963 and 0.962 on MNIST), 5-fold out-of-fold with the reference CNN.
+
+    Returns
+    -------
+    detector : sklearn.pipeline.Pipeline
+        Unfitted; expects non-negative features.
+    """
+    return make_pipeline(FunctionTransformer(np.log1p), StandardScaler(), LogisticRegression())
 
 
 class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin, BaseEstimator):
@@ -79,8 +97,8 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         parameters can be searched as ``attack__step_size`` and so on.
     detector : classifier or None, default=None
         Learns P(error) from the three resistance features. None means
-        ``make_pipeline(StandardScaler(), LogisticRegression())``. It is
-        cloned, never modified.
+        :func:`make_detector`, a logistic regression on the standardised
+        logarithms of the features. It is cloned, never modified.
     cv : "auto", "prefit", int or float, default="auto"
         Where the detector's training samples come from. They must be samples
         the net did not train on, since a net is rarely wrong, and hard to
@@ -305,11 +323,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         error = results.c0 != y_idx
         features = results.features
         n_minority = min(error.sum(), (~error).sum())
-        detector = (
-            make_pipeline(StandardScaler(), LogisticRegression())
-            if self.detector is None
-            else clone(self.detector)
-        )
+        detector = make_detector() if self.detector is None else clone(self.detector)
         if n_minority == 0:
             warnings.warn(
                 f"The net's predictions on the {len(error)} samples used to fit the "

@@ -15,13 +15,10 @@ from pathlib import Path
 import joblib
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from .. import AttackCache, ResistanceAttack
+from .. import AttackCache, ResistanceAttack, make_detector
 from .._cache import _fingerprint
 from .._nets import eval_mode
 from ..metrics import auroc, tpr_at_fpr
@@ -248,7 +245,7 @@ def _analyse(clean, adv, delta, seed, n_resamples):
     folds = StratifiedKFold(min(FOLDS, n_pos), shuffle=True, random_state=seed)
 
     def out_of_fold(X):
-        return cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression()), X,
+        return cross_val_predict(make_detector(), X,
                                  is_adv, cv=folds, method="predict_proba")[:, 1]
 
     # Adversarial examples are expected near a decision boundary: low resistance and low
@@ -335,7 +332,8 @@ def _markdown(r):
         "Res_min, the number of steps until the prediction first changes, is the detector of "
         "\"Attack as Defense\" (Zhao et al., ISSTA 2021), the published anchor. A single feature "
         "flags an image as adversarial when its value is low. LR(resistance) is a "
-        "standardised logistic regression on Res_N, Res_max and Res_min, trained on each "
+        "logistic regression on the standardised log(1 + feature) of Res_N, Res_max and "
+        "Res_min (`make_detector`), trained on each "
         f"attack's own examples and scored {r['folds']}-fold out-of-fold: it knows the attack "
         "and picks its own direction. Its baseline is the same logistic regression on "
         "max-softmax alone.",

@@ -10,12 +10,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from .. import AttackCache, ResistanceAttack
+from .. import AttackCache, ResistanceAttack, make_detector
 from ..metrics import auroc, softmax_topk
 from ..models import MLP, SimpleCNN
 from ..plotting import plot_boxplots, plot_roc_curves
@@ -146,7 +143,7 @@ def _analyse(result, proba, y, seed, n_resamples):
         return summary, None
     folds = StratifiedKFold(min(FOLDS, n_errors, len(y) - n_errors), shuffle=True,
                             random_state=seed)
-    lr_oof = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression()),
+    lr_oof = cross_val_predict(make_detector(),
                                result.features, is_error, cv=folds, method="predict_proba")[:, 1]
     scores = dict(zip(DETECTORS, [-result.res_n, -result.res_max, -result.res_min.astype(float),
                                   lr_oof, -result.conf0]))
@@ -205,7 +202,8 @@ def _markdown(r):
         f"**{r['n_images']:,} test images** (a random subset of the {r['n_test']:,}, seed "
         f"{r['seed']}). Attack: {r['attack']['max_iter']} steps of size "
         f"{r['attack']['step_size']}, {r['attack']['norm'].upper()} norm. Error-detection AUROC "
-        "treats each net's own errors as positives; LR is a standardised logistic regression on "
+        "treats each net's own errors as positives; LR is `make_detector()`, a logistic "
+        "regression on the standardised log(1 + feature) of "
         f"the three features, scored {r['folds']}-fold out-of-fold on each net's images. "
         f"Brackets hold bootstrap 95% intervals ({r['n_resamples']} resamples of the images).",
         "",

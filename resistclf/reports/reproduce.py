@@ -12,12 +12,9 @@ import numpy as np
 from scipy.stats import entropy
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from .. import AttackCache, ResistanceAttack, ResistanceClassifier
+from .. import AttackCache, ResistanceAttack, ResistanceClassifier, make_detector
 from ..metrics import bootstrap_interval, detection_metrics, softmax_topk
 from ..plotting import plot_attack_traces, plot_histograms, plot_image_grid, plot_roc_curves
 from ._reference import load_dataset, reference_net
@@ -137,7 +134,7 @@ def _analyse(dataset, clf, X, y, result, top5, corrected_pred, detector_oof, fol
     sorted_proba = np.sort(proba, axis=1)
     resist_and_conf = np.column_stack([result.features, sorted_proba[:, -1]])
     combined_oof = cross_val_predict(
-        make_pipeline(StandardScaler(), LogisticRegression()), resist_and_conf, is_error,
+        make_detector(), resist_and_conf, is_error,
         cv=folds, method="predict_proba",
     )[:, 1]
     scores = {
@@ -337,7 +334,7 @@ def _markdown(r):
     lines += [
         "## 3. Detecting the net's errors",
         "",
-        "Errors are the positive class. Learned detectors (LR: standardised logistic regression)"
+        "Errors are the positive class. Learned detectors (LR: `make_detector()`, a logistic regression on the standardised log(1 + feature))"
         f" are scored on {r['threshold_folds']}-fold out-of-fold predictions only.",
         "",
         table(["detector", "AUROC", "AUPR", "FPR at 95% TPR"],
