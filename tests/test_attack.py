@@ -307,7 +307,17 @@ def test_attack_channels_last_agrees_and_restores_the_weights(cnn_module, digits
     X = torch.tensor(X[:64])
     weights = [p for p in cnn_module.parameters()]
     exact = ResistanceAttack(max_iter=100, batch_size=64)(cnn_module, X)
-    fast = ResistanceAttack(max_iter=100, batch_size=64, channels_last=True)(cnn_module, X)
+    convs = [m for m in cnn_module.modules() if isinstance(m, torch.nn.Conv2d)]
+    seen = []
+    hooks = [conv.register_forward_pre_hook(lambda m, args: seen.append(
+        args[0].is_contiguous(memory_format=torch.channels_last)
+        and m.weight.is_contiguous(memory_format=torch.channels_last))) for conv in convs]
+    try:
+        fast = ResistanceAttack(max_iter=100, batch_size=64, channels_last=True)(cnn_module, X)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen and all(seen), "the convolutions did not run channels-last"
     assert all(a is b for a, b in zip(cnn_module.parameters(), weights))
     assert all(p.is_contiguous() for p in weights)
     np.testing.assert_array_equal(fast.c0, exact.c0)

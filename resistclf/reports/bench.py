@@ -85,18 +85,19 @@ def _status_bytes(field):
     raise KeyError(field)
 
 
-def _peak_memory_worker(state, batch_size, precision, steps, queue):
+def _peak_memory_worker(state, batch_size, precision, channels_last, steps, queue):
     module = SimpleCNN()
     module.load_state_dict(state)
     X = torch.rand(batch_size, 1, 28, 28)
-    attack = ResistanceAttack(max_iter=steps, batch_size=batch_size, precision=precision)
+    attack = ResistanceAttack(max_iter=steps, batch_size=batch_size, precision=precision,
+                              channels_last=channels_last)
     before = _status_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to now
     attack(module, X)
     queue.put(_status_bytes("VmHWM") - before)
 
 
-def peak_memory(module, X, batch_size, precision, steps=3):
+def peak_memory(module, X, batch_size, precision, channels_last=False, steps=3):
     """Peak extra memory of an attack at this batch size, in bytes.
 
     On CUDA, from the allocator's peak; on CPU (Linux), from the peak resident
@@ -107,14 +108,15 @@ def peak_memory(module, X, batch_size, precision, steps=3):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        ResistanceAttack(max_iter=steps, batch_size=batch_size, precision=precision)(
-            module, X[:batch_size])
+        ResistanceAttack(max_iter=steps, batch_size=batch_size, precision=precision,
+                         channels_last=channels_last)(module, X[:batch_size])
         return torch.cuda.max_memory_allocated(device) - base
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     state = {k: v.cpu() for k, v in module.state_dict().items()}
     worker = context.Process(target=_peak_memory_worker,
-                             args=(state, batch_size, precision, steps, queue))
+                             args=(state, batch_size, precision, channels_last, steps,
+                                   queue))
     worker.start()
     value = queue.get()
     worker.join()
@@ -205,8 +207,8 @@ def run_bench(*, root=None, out="results/bench", device="cpu", batch_sizes=(32, 
                 rows.append({"precision": precision, "layout": layout,
                              "batch_size": batch_size, "image_steps_per_s": rate,
                              "share_of_peak": rate * flops[precision] / peak[precision],
-                             "peak_memory_bytes": peak_memory(module, X, batch_size,
-                                                              precision)})
+                             "peak_memory_bytes": peak_memory(module, X, batch_size, precision,
+                                                              is_channels_last)})
     results["throughput"] = rows
     best = {(p, layout): max((r for r in rows if r["precision"] == p and r["layout"] == layout),
                              key=lambda r: r["image_steps_per_s"])
