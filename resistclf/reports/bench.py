@@ -147,16 +147,23 @@ def _spearman(a, b):
 
 
 def full_test_set(module, X, out, name, **settings):
-    """Attack all of X once with these settings; cached in ``out`` with its wall time."""
+    """Attack all of X once with these settings; cached in ``out`` with its wall time.
+
+    A cached run is reused only if it was made with the same settings (the best
+    batch size can change from one benchmark run to the next).
+    """
     path = Path(out) / f"full-{name}.npz"
+    recorded = json.dumps(settings, sort_keys=True)
     if path.exists():
-        return dict(np.load(path))
+        cached = dict(np.load(path))
+        if str(cached.pop("settings", "")) == recorded:
+            return cached
     start = time.perf_counter()
     result = ResistanceAttack(verbose=True, **settings)(module, X)
     seconds = time.perf_counter() - start
     values = {k: getattr(result, k) for k in ("res_n", "res_max", "res_min",
                                               "adversarial_class")}
-    np.savez(path, seconds=seconds, **values)
+    np.savez(path, seconds=seconds, settings=recorded, **values)
     return {"seconds": np.array(seconds), **values}
 
 
