@@ -12,9 +12,20 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from tqdm.auto import tqdm
 
-from ._nets import channels_last_weights, eval_mode, forward, module_device, module_dtype, on_device
+from ._nets import (
+    Normalized,
+    channels_last_weights,
+    eval_mode,
+    forward,
+    module_device,
+    module_dtype,
+    on_device,
+)
 
+#: The write-up's three features, in the order of :attr:`AttackResult.features`.
 FEATURE_NAMES = ("res_n", "res_max", "res_min")
+#: Every per-image feature a :class:`ResistanceClassifier` can use.
+ALL_FEATURE_NAMES = (*FEATURE_NAMES, "res_mean")
 
 
 @dataclass
@@ -51,6 +62,7 @@ class AttackResult:
     res_n: np.ndarray
     res_max: np.ndarray
     res_min: np.ndarray
+    res_mean: np.ndarray
     flipped: np.ndarray
     adversarial_class: np.ndarray
     c0: np.ndarray
@@ -71,9 +83,18 @@ class AttackResult:
     @property
     def features(self):
         """Res_N, Res_max and Res_min as a float64 array of shape (n_samples, 3)."""
-        return np.column_stack([self.res_n, self.res_max, self.res_min]).astype(
-            np.float64
-        )
+        return self.feature_matrix(FEATURE_NAMES)
+
+    def feature_matrix(self, names):
+        """The named features as columns of a float64 array of shape (n_samples, len(names)).
+
+        Parameters
+        ----------
+        names : sequence of str
+            Each one of ``"res_n"``, ``"res_max"``, ``"res_min"`` and ``"res_mean"``.
+        """
+        names = check_feature_names(names)
+        return np.column_stack([getattr(self, name) for name in names]).astype(np.float64)
 
     @classmethod
     def concatenate(cls, results):
@@ -86,6 +107,17 @@ class AttackResult:
                 for f in fields(cls)
             }
         )
+
+
+def check_feature_names(names):
+    """``names`` as a tuple, if it is a non-empty sequence of feature names; else raise."""
+    if isinstance(names, str) or not len(names) or any(
+            name not in ALL_FEATURE_NAMES for name in names):
+        raise ValueError(
+            f"features must be a non-empty sequence of names from {ALL_FEATURE_NAMES}; "
+            f"got {names!r}."
+        )
+    return tuple(names)
 
 
 def _l2(r):
@@ -159,6 +191,15 @@ class ResistanceAttack(BaseEstimator):
     clip : tuple of two floats or None, default=None
         If given, ``x + r`` is clipped to this box (for example ``(0, 1)``)
         after every step.
+    preprocessing : dict or None, default=None
+        Normalisation the module expects, as in Foolbox: ``dict(mean=...,
+        std=..., axis=...)``. The module is called on ``(x + r - mean) / std``,
+        so that ``X``, ``|r|`` and ``clip`` stay in the caller's pixel units.
+        ``mean`` and ``std`` are numbers or sequences (``std`` > 0); without
+        ``axis`` they broadcast against one sample's shape, as NumPy
+        broadcasts; with a negative ``axis`` a one-dimensional ``mean`` and
+        ``std`` lie along that axis of a sample (``axis=-3`` for the channels
+        of ``(C, H, W)`` images, torchvision's ``Normalize``).
     optimizer : {"sgd", "adam"}, default="sgd"
         Plain gradient descent (the write-up's), or Adam.
     batch_size : int or "auto", default=256
@@ -179,7 +220,8 @@ class ResistanceAttack(BaseEstimator):
         once its prediction has flipped and neither Res_max nor the
         adversarial class has changed for ``early_exit`` steps: the attack has
         settled into its oscillation across the Conf thresholds. Res_N is then
-        ``|r|`` at that step rather than at step ``max_iter``. Only with
+        ``|r|`` at that step rather than at step ``max_iter``, and Res_mean
+        averages up to that step. Only with
         ``optimizer="sgd"`` and without traces.
     channels_last : bool, default=False
         Run 4-D image batches, and the module's 4-D weights, in channels-last
@@ -222,6 +264,11 @@ class ResistanceAttack(BaseEstimator):
     fewer than ``batch_size`` images cost as much as ``batch_size``; lower
     ``batch_size`` for small inputs.
 
+    **Res_mean** is the stable summary of the same oscillation: the mean
+    ``|r|`` from the first flip to the last step averages over a few hundred
+    samples of it, so it changes little where Res_N changes by up to
+    ``step_size``.
+
     **Images that never flip** get ``flipped=False``,
     ``res_min = max_iter + 1`` and ``adversarial_class = c0``; their ``res_n``
     and ``res_max`` are measured as for any other image.
@@ -242,6 +289,7 @@ class ResistanceAttack(BaseEstimator):
         "norm": [StrOptions(set(_NORMS))],
         "thresholds": [tuple, list],
         "clip": [tuple, list, None],
+        "preprocessing": [dict, None],
         "optimizer": [StrOptions({"sgd", "adam"})],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "precision": [StrOptions(set(_PRECISIONS))],
@@ -260,6 +308,7 @@ class ResistanceAttack(BaseEstimator):
         norm="l2",
         thresholds=(0.2, 0.9),
         clip=None,
+        preprocessing=None,
         optimizer="sgd",
         batch_size=256,
         precision="float32",
@@ -274,6 +323,7 @@ class ResistanceAttack(BaseEstimator):
         self.norm = norm
         self.thresholds = thresholds
         self.clip = clip
+        self.preprocessing = preprocessing
         self.optimizer = optimizer
         self.batch_size = batch_size
         self.precision = precision
@@ -298,6 +348,8 @@ class ResistanceAttack(BaseEstimator):
                 f"clip must be None or a pair (low, high) with low < high; "
                 f"got {self.clip!r}."
             )
+        if self.preprocessing is not None:
+            _mean_and_std(self.preprocessing)
         device = torch.device("cpu" if self.device is None else self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(
@@ -345,6 +397,7 @@ class ResistanceAttack(BaseEstimator):
                 f"X must hold at least one sample and have shape (n_samples, ...); "
                 f"got shape {tuple(X.shape)}."
             )
+        module = self.preprocessed(module, X.shape[1:])
         device = module_device(module) if self.device is None else torch.device(self.device)
         batch_size = self.batch_size
         if batch_size == "auto":
@@ -369,6 +422,37 @@ class ResistanceAttack(BaseEstimator):
             jobs, total=len(chunks), desc="resistance attack", unit="chunk",
             disable=not self.verbose,
         )))
+
+    def preprocessed(self, module, sample_shape):
+        """``module`` with ``preprocessing`` applied to its input (``module`` itself if None).
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+        sample_shape : tuple of int
+            The shape of one input sample, which ``mean`` and ``std`` must
+            broadcast to.
+
+        Returns
+        -------
+        module : torch.nn.Module
+        """
+        if self.preprocessing is None:
+            return module
+        mean, std = _mean_and_std(self.preprocessing)
+        for name, value in (("mean", mean), ("std", std)):
+            try:
+                fits = torch.broadcast_shapes(value.shape, sample_shape) == tuple(sample_shape)
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(
+                    f"preprocessing {name} of shape {tuple(value.shape)} does not broadcast "
+                    f"to a sample of shape {tuple(sample_shape)}; give axis=-3 for per-channel "
+                    "values of (C, H, W) images."
+                )
+        dtype, device = module_dtype(module), module_device(module)
+        return Normalized(module, mean.to(device, dtype), std.to(device, dtype))
 
     def _attack_chunk(self, module, X, device, batch_size, rank, return_trace,
                       progress=None):
@@ -408,6 +492,9 @@ class ResistanceAttack(BaseEstimator):
                 step = slots.step
                 slots.res_min = torch.where(changed & (slots.res_min == never) & (step > 0),
                                             step, slots.res_min)
+                after_flip = slots.res_min <= step
+                slots.norm_sum_after_flip += torch.where(after_flip, norm, 0.0)
+                slots.steps_after_flip += after_flip
                 moved = (norm > slots.res_max) | (changed & (pred != slots.adversarial_class))
                 slots.stable_since = torch.where(moved, step, slots.stable_since)
                 slots.adversarial_class = torch.where(changed, pred, slots.adversarial_class)
@@ -458,6 +545,32 @@ class ResistanceAttack(BaseEstimator):
         return min(b for b, t in throughput.items() if t >= 0.9 * best) if throughput else 16
 
 
+def _mean_and_std(preprocessing):
+    """``preprocessing``'s mean and std as float64 tensors shaped to broadcast over a sample."""
+    unknown = sorted(set(preprocessing) - {"mean", "std", "axis"})
+    if unknown:
+        raise ValueError(f"preprocessing takes the keys mean, std and axis; got {unknown}.")
+    try:
+        mean, std = (torch.as_tensor(np.asarray(preprocessing.get(key, default), dtype=float))
+                     for key, default in (("mean", 0.0), ("std", 1.0)))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"preprocessing mean and std must be numbers or sequences of "
+                         f"numbers; got {preprocessing!r}.") from exc
+    if not bool((std > 0).all()) or not bool(torch.isfinite(mean).all()):
+        raise ValueError(f"preprocessing std must be positive and mean finite; got "
+                         f"{preprocessing!r}.")
+    axis = preprocessing.get("axis")
+    if axis is not None:
+        if not isinstance(axis, Integral) or axis >= 0 or mean.ndim > 1 or std.ndim > 1:
+            raise ValueError(
+                "preprocessing axis must be a negative integer (the axis of a sample counted "
+                f"from the end) with one-dimensional mean and std; got {preprocessing!r}."
+            )
+        trailing = [1] * (-axis - 1)
+        mean, std = mean.reshape(-1, *trailing), std.reshape(-1, *trailing)
+    return mean, std
+
+
 class _Slots:
     """The fixed-shape batch: which image each slot holds, and that image's bookkeeping.
 
@@ -478,6 +591,7 @@ class _Slots:
         n = len(X)
         self.out = {name: torch.zeros(n, dtype=dtype_, device=device) for name, dtype_ in [
             ("res_n", self.work), ("res_max", self.work), ("res_min", torch.long),
+            ("res_mean", self.work),
             ("adversarial_class", torch.long), ("c0", torch.long), ("conf0", self.work)]}
         self.traces = (torch.full((2, n, max_iter + 1), torch.nan, dtype=self.work,
                                   device=device) if return_trace else None)
@@ -513,10 +627,10 @@ class _Slots:
             size = len(self.step)
             self.c0 = torch.zeros(size, dtype=torch.long, device=self.device)
             self.removed = torch.zeros((size, n_classes), dtype=self.work, device=self.device)
-            self.res_min, self.adversarial_class, self.stable_since = (
-                torch.zeros_like(self.c0) for _ in range(3))
-            self.res_max, self.conf0 = (torch.zeros(size, dtype=self.work, device=self.device)
-                                        for _ in range(2))
+            self.res_min, self.adversarial_class, self.stable_since, self.steps_after_flip = (
+                torch.zeros_like(self.c0) for _ in range(4))
+            self.res_max, self.conf0, self.norm_sum_after_flip = (
+                torch.zeros(size, dtype=self.work, device=self.device) for _ in range(3))
         if not bool(fresh.any()):
             return
         # Classes ranked above c0 are removed from the softmax with a -inf offset.
@@ -530,6 +644,8 @@ class _Slots:
         self.adversarial_class = torch.where(fresh, c0, self.adversarial_class)
         self.stable_since = torch.where(fresh, 0, self.stable_since)
         self.res_max = torch.where(fresh, 0.0, self.res_max)
+        self.norm_sum_after_flip = torch.where(fresh, 0.0, self.norm_sum_after_flip)
+        self.steps_after_flip = torch.where(fresh, 0, self.steps_after_flip)
 
     def record_trace(self, conf, norm):
         if self.traces is not None:
@@ -550,7 +666,10 @@ class _Slots:
         if not bool(done.any()):
             return progress
         images = self.image[done]
-        for name, value in [("res_n", norm), ("res_max", self.res_max),
+        res_mean = torch.where(self.steps_after_flip > 0,
+                               self.norm_sum_after_flip / self.steps_after_flip.clamp_min(1),
+                               norm)
+        for name, value in [("res_n", norm), ("res_max", self.res_max), ("res_mean", res_mean),
                             ("res_min", self.res_min), ("c0", self.c0), ("conf0", self.conf0),
                             ("adversarial_class", self.adversarial_class)]:
             self.out[name][images] = value[done]
@@ -561,7 +680,7 @@ class _Slots:
     def result(self):
         as_numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
         out = {name: as_numpy(value) for name, value in self.out.items()}
-        for name in ("res_n", "res_max", "conf0"):
+        for name in ("res_n", "res_max", "res_mean", "conf0"):
             out[name] = out[name].astype(np.float64)
         traces = None if self.traces is None else as_numpy(self.traces).astype(np.float64)
         return AttackResult(

@@ -1,7 +1,12 @@
 """A per-image cache of attack results, so that each image is attacked once."""
 
 import hashlib
+import os
+import tempfile
+import zipfile
+from contextlib import contextmanager
 from dataclasses import fields
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -11,16 +16,18 @@ from ._attack import AttackResult
 
 #: The per-sample fields stored; traces are never cached.
 _CACHED_FIELDS = [f.name for f in fields(AttackResult) if not f.name.endswith("_trace")]
+#: Marks a file written by :meth:`AttackCache.save`, and its layout.
+_FORMAT = "resistclf.AttackCache/1"
 
 
 class AttackCache:
     """Per-image store of attack results, shared by everything it is given to.
 
     An entry is keyed by the network's weights and architecture, the attack's
-    settings (all but ``verbose``), the attacked rank and the image's bytes.
-    The attack runs fixed-shape batches, so an image's result does not depend
-    on the images attacked with it: a cached result is the one a fresh attack
-    would give.
+    settings (all but ``verbose`` and ``n_jobs``), the attacked rank and the
+    image's bytes. The attack runs fixed-shape batches, so an image's result
+    does not depend on the images attacked with it: a cached result is the one
+    a fresh attack would give.
 
     Give the same cache to :class:`ResistanceClassifier` (``cache=``) and the
     clones that ``cross_val_score`` or ``GridSearchCV`` make of it share it, so
@@ -28,6 +35,10 @@ class AttackCache:
     same images attack each image once. (Copies share the store: scikit-learn
     deep-copies parameters when it clones.) With ``n_jobs > 1`` each worker
     process has its own copy.
+
+    Files written by :meth:`save` hold plain arrays (``.npz``) and are read
+    back without pickle, so a cache shared between people and machines cannot
+    run code.
 
     Examples
     --------
@@ -63,9 +74,8 @@ class AttackCache:
             Without traces.
         """
         X = np.asarray(X, dtype=np.float32)
-        prefix = (_fingerprint(module), _settings(attack), rank)
-        keys = [prefix + (hashlib.blake2b(row.tobytes(), digest_size=16).digest(),)
-                for row in X]
+        prefix = repr((_fingerprint(module), _settings(attack), rank)).encode()
+        keys = [_key(prefix, row) for row in X]
         missing = [i for i, key in enumerate(keys) if key not in self._store]
         if missing:
             fresh = attack(module, torch.tensor(X[missing]), rank=rank)
@@ -76,15 +86,76 @@ class AttackCache:
                                for k, name in enumerate(_CACHED_FIELDS)})
 
     def save(self, path):
-        """Write the cache to ``path`` (with joblib)."""
-        joblib.dump(self._store, path)
+        """Write the cache to ``path`` as a ``.npz`` file of plain arrays.
+
+        The file is written under a temporary name and then renamed, so a crash
+        or a second process never leaves a half-written cache.
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        keys = list(self._store)
+        columns = {name: np.array([self._store[key][k] for key in keys])
+                   for k, name in enumerate(_CACHED_FIELDS)}
+        with atomic_write(path) as file:
+            np.savez(file, format=np.array(_FORMAT), keys=np.array(keys, dtype=str), **columns)
 
     @classmethod
     def load(cls, path):
-        """A cache read from a file written by :meth:`save`."""
+        """A cache read from a file written by :meth:`save`, without pickle.
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        cache : AttackCache
+
+        Raises
+        ------
+        ValueError
+            If the file is not a cache written by :meth:`save` (corrupt, or of
+            another kind, such as a pickle); the message names the file.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["format"]) != _FORMAT:
+                    raise ValueError(f"its format is {str(data['format'])!r}, not {_FORMAT!r}")
+                keys = data["keys"]
+                columns = [data[name] for name in _CACHED_FIELDS]
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(
+                f"{os.fspath(path)} is not an attack cache written by AttackCache.save: {exc}"
+            ) from exc
+        if keys.dtype.kind != "U" or any(len(column) != len(keys) for column in columns):
+            raise ValueError(f"{os.fspath(path)} is not an attack cache written by "
+                             "AttackCache.save: its arrays do not line up.")
         cache = cls()
-        cache._store = joblib.load(path)
+        cache._store = dict(zip(keys.tolist(), zip(*columns)))
         return cache
+
+
+@contextmanager
+def atomic_write(path):
+    """A binary file that replaces ``path`` once it is complete, and only then."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            yield file
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _key(prefix, row):
+    digest = hashlib.blake2b(prefix, digest_size=16)
+    digest.update(row.tobytes())
+    return digest.hexdigest()
 
 
 def _fingerprint(module):

@@ -32,7 +32,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ._attack import FEATURE_NAMES, AttackResult, ResistanceAttack
+from ._attack import FEATURE_NAMES, AttackResult, ResistanceAttack, check_feature_names
 from ._cache import AttackCache
 from ._nets import (
     check_net,
@@ -96,9 +96,14 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         The attack's settings; None means ``ResistanceAttack()``. Its
         parameters can be searched as ``attack__step_size`` and so on.
     detector : classifier or None, default=None
-        Learns P(error) from the three resistance features. None means
-        :func:`make_detector`, a logistic regression on the standardised
-        logarithms of the features. It is cloned, never modified.
+        Learns P(error) from the resistance features. None means
+        :func:`make_detector`. It is cloned, never modified.
+    features : tuple of str, default=("res_n", "res_max", "res_min")
+        The attack's per-image features that :meth:`transform` returns and
+        the detector learns from: any of ``"res_n"``, ``"res_max"``,
+        ``"res_min"`` and ``"res_mean"`` (see :class:`AttackResult`). The
+        default is the write-up's three; ``"res_mean"`` is their stable
+        companion, opt-in.
     cv : "auto", "prefit", int or float, default="auto"
         Where the detector's training samples come from. They must be samples
         the net did not train on, since a net is rarely wrong, and hard to
@@ -185,6 +190,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         "net": "no_validation",  # check_net gives a clearer message
         "attack": [ResistanceAttack, None],
         "detector": [HasMethods(["fit", "predict_proba"]), None],
+        "features": [tuple, list],
         "cv": [
             StrOptions({"auto", "prefit"}),
             Interval(Integral, 2, None, closed="left"),
@@ -202,6 +208,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         *,
         attack=None,
         detector=None,
+        features=FEATURE_NAMES,
         cv="auto",
         threshold="auto",
         net_output="auto",
@@ -211,6 +218,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         self.net = net
         self.attack = attack
         self.detector = detector
+        self.features = features
         self.cv = cv
         self.threshold = threshold
         self.net_output = net_output
@@ -255,6 +263,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         """
         X, y = validate_data(self, X, y, allow_nd=True, dtype=[np.float32, np.float64])
         check_classification_targets(y)
+        check_feature_names(self.features)
         inner = check_net(self.net)
         rng = check_random_state(self.random_state)
         cv = self.cv
@@ -321,7 +330,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
 
     def _fit_detector(self, results, y_idx, rng):
         error = results.c0 != y_idx
-        features = results.features
+        features = results.feature_matrix(self.features)
         n_minority = min(error.sum(), (~error).sum())
         detector = make_detector() if self.detector is None else clone(self.detector)
         if n_minority == 0:
@@ -360,13 +369,14 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
 
         Returns
         -------
-        features : ndarray of shape (n_samples, 3), dtype float64
-            Res_N, Res_max and Res_min (see :class:`AttackResult`).
+        features : ndarray of shape (n_samples, len(features)), dtype float64
+            The attack's features named by ``features``: by default Res_N,
+            Res_max and Res_min (see :class:`AttackResult`).
         """
-        return self.attack_results(X).features
+        return self.attack_results(X).feature_matrix(self.features)
 
     def get_feature_names_out(self, input_features=None):
-        """Names of the columns of :meth:`transform`: res_n, res_max, res_min.
+        """Names of the columns of :meth:`transform`: ``features``.
 
         Parameters
         ----------
@@ -378,7 +388,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         feature_names_out : ndarray of str objects
         """
         check_is_fitted(self)
-        return np.asarray(FEATURE_NAMES, dtype=object)
+        return np.asarray(self.features, dtype=object)
 
     def predict_error_proba(self, X):
         """Probability, according to the detector, that the net's prediction is wrong.
@@ -522,8 +532,8 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
 
     def _logits(self, X, net=None):
         """The net's logits for X, as a float32 CPU tensor, computed where the attack runs."""
-        module = self._module(net)
         attack = self._attack_settings()
+        module = attack.preprocessed(self._module(net), X.shape[1:])
         # Plain forward passes need far less memory than the attack's steps.
         batch_size = 256 if attack.batch_size == "auto" else attack.batch_size
         device = module_device(module) if attack.device is None else torch.device(attack.device)
@@ -538,7 +548,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         return self._logits(X, net).shape[1]
 
     def _error_proba(self, results):
-        proba = self.detector_.predict_proba(results.features)
+        proba = self.detector_.predict_proba(results.feature_matrix(self.features))
         # Sums to 0 (or 1) if the detector only ever saw correct (or wrong) predictions.
         return proba[:, self.detector_.classes_ == 1].sum(axis=1)
 

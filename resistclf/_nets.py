@@ -99,6 +99,23 @@ class ProbaToLogits(nn.Module):
         return torch.log(proba.clamp_min(torch.finfo(proba.dtype).tiny))
 
 
+class Normalized(nn.Module):
+    """``module((x - mean) / std)``: a net that expects normalised inputs, fed pixels.
+
+    ``mean`` and ``std`` are buffers (not saved in the state dict), so they move
+    with the module.
+    """
+
+    def __init__(self, module, mean, std):
+        super().__init__()
+        self.module = module
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, x):
+        return self.module((x - self.mean) / self.std)
+
+
 def logit_module(net, net_output):
     """The torch module inside ``net``, returning logits."""
     inner = check_net(net)

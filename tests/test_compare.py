@@ -19,7 +19,7 @@ def report(fake_mnist_root, fake_mnist_net, tmp_path_factory):
 def test_compare_tabulates_every_net_on_the_same_images(report):
     out, results = report
     for name in ["report.md", "results.json", "roc.png", "features.png", "net.pt", "mlp.pt",
-                 "cnn-quarter.pt", "attack-cache.joblib"]:
+                 "cnn-quarter.pt", "attack-cache.npz"]:
         assert (out / name).exists(), name
     assert list(results["comparison"]) == list(NETS)
     assert results["nets"]["CNN, quarter of the data"]["n_train"] == 250

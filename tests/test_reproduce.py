@@ -18,7 +18,7 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
     results = run_reproduce("mnist", fake_mnist_root, out=out, limit=150, max_iter=30,
                             n_resamples=30, verbose=False)
     for name in ["report.md", "results.json", "traces.png", "histograms.png", "roc.png",
-                 "errors.png", "net.pt", "attack-cache.joblib"]:
+                 "errors.png", "net.pt", "attack-cache.npz"]:
         assert (out / name).exists(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["n_test"] == 150 and saved["n_train"] == 1000

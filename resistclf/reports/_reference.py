@@ -86,3 +86,14 @@ def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, m
     net.save_params(f_params=cache)
     info_path.write_text(json.dumps(info, indent=2))
     return net, info
+
+
+#: The attack's modes, as ``ResistanceAttack`` settings on top of the defaults (which are
+#: exact float32). The benchmark judges each fast mode by the study's conclusions on the full
+#: MNIST and FashionMNIST test sets; ``--fast`` uses the fastest one found equivalent.
+ATTACK_MODES = {
+    "exact": {},
+    "bfloat16, channels last": {"precision": "bfloat16", "channels_last": True},
+    "early exit": {"early_exit": 50},
+    "all three": {"precision": "bfloat16", "channels_last": True, "early_exit": 50},
+}

@@ -122,7 +122,7 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
     attack = ResistanceAttack(max_iter=max_iter)
     with _phase("resistance of clean and adversarial images", timings, verbose):
         result, n_fresh = _resistance(attack, module, [X, *adversarial.values()],
-                                      out / "attack-cache.joblib", verbose)
+                                      out / "attack-cache.npz", verbose)
         cached += [] if n_fresh else ["resistance of clean and adversarial images"]
     bounds = np.cumsum([0, len(X), *(len(a) for a in adversarial.values())])
     clean = result[: bounds[1]]

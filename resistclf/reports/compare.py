@@ -85,7 +85,7 @@ def run_compare(dataset, root, *, out, download=False, seed=0, limit=1000, max_i
                 module_params=params, verbose=verbose)
 
     attack = ResistanceAttack(max_iter=max_iter, verbose=verbose)
-    cache_path = out / "attack-cache.joblib"
+    cache_path = out / "attack-cache.npz"
     cache = AttackCache.load(cache_path) if cache_path.exists() else AttackCache()
     attacked, probas, cached = {}, {}, []
     for name, net in nets.items():

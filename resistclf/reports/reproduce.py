@@ -76,7 +76,7 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
         keep = np.sort(np.random.RandomState(seed).choice(len(X_test), limit, replace=False))
         X_test, y_test = X_test[keep], y_test[keep]
 
-    cache_path = out / "attack-cache.joblib"
+    cache_path = out / "attack-cache.npz"
     cache = AttackCache.load(cache_path) if cache_path.exists() else AttackCache()
     attack = ResistanceAttack(max_iter=max_iter, verbose=verbose)
     clf = ResistanceClassifier(FrozenEstimator(net), attack=attack, cache=cache,
