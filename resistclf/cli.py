@@ -26,13 +26,16 @@ def build_parser():
     )
     _add_study_arguments(reproduce, "reproduce", None,
                          "Attack only this many test images, drawn at random.")
+    _add_bootstrap_argument(reproduce)
     reproduce.set_defaults(run="resistclf.reports.reproduce")
 
     bench = commands.add_parser(
-        "bench", help="Measure the attack's speed against the hardware peak and alternatives.")
-    bench.add_argument("--root", help="Folder with MNIST's raw files: use the trained reference "
-                                      "CNN and time the whole test set in every mode. Without "
-                                      "it, random weights and throughput only.")
+        "bench", help="Measure the attack's speed against the hardware peak and the peer "
+                      "libraries, and judge its fast modes by the study's conclusions.")
+    bench.add_argument("--root", help="Folder with the MNIST and FashionMNIST raw files: use the "
+                                      "trained reference CNNs and judge every mode on the whole "
+                                      "test sets. Without it, random weights and throughput "
+                                      "only.")
     bench.add_argument("--out", default="results/bench",
                        help="Output folder for bench.json, bench.md and cached runs "
                             "(default: results/bench).")
@@ -42,6 +45,13 @@ def build_parser():
     bench.add_argument("--batch-sizes", type=_positive_int, nargs="+",
                        default=[32, 64, 128, 256, 512],
                        help="Batch sizes to time (default: 32 64 128 256 512).")
+    bench.add_argument("--datasets", nargs="+", choices=["mnist", "fashion-mnist"],
+                       default=["mnist", "fashion-mnist"],
+                       help="With --root: the test sets on which the fast modes are judged "
+                            "(default: both).")
+    bench.add_argument("--max-iter", type=_positive_int, default=500,
+                       help="With --root: steps of the whole-test-set attacks (default: 500).")
+    _add_bootstrap_argument(bench)
     bench.add_argument("--quiet", action="store_true", help="Hide progress.")
     bench.set_defaults(run="resistclf.reports.bench")
 
@@ -87,6 +97,14 @@ def _add_study_arguments(parser, command, limit, limit_help):
     parser.add_argument("--limit", type=_positive_int, default=limit, help=limit_help)
     parser.add_argument("--max-iter", type=_positive_int, default=500,
                         help="Steps of the resistance attack (default: 500).")
+    parser.add_argument("--fast", action="store_true",
+                        help="Attack in the fastest mode the benchmark found to reach exact "
+                             "mode's conclusions (default: exact mode).")
+    parser.add_argument("--n-jobs", type=_positive_int, default=None,
+                        help="Split the attack into jobs run by this many joblib workers.")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="Run the attack's jobs on the dask scheduler at this address "
+                             "(needs the extra resistclf[distributed]).")
     parser.add_argument("--quiet", action="store_true", help="Hide progress.")
 
 

@@ -1,25 +1,46 @@
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from resistclf.cli import main
 from resistclf.models import SimpleCNN
-from resistclf.reports.bench import agreement, flops_per_image_step
+from resistclf.reports import bench
+from resistclf.reports.bench import (
+    AUROC_TOLERANCE,
+    PER_IMAGE,
+    fastest_equivalent_mode,
+    flops_per_image_step,
+    format_tables,
+    judge_modes,
+)
 
 
-def test_bench_writes_tables_and_json(tmp_path, capsys):
+def test_bench_writes_every_table_and_skips_missing_peers(tmp_path, capsys, monkeypatch):
+    def not_installed(*args):
+        raise ImportError("no such package")
+
+    monkeypatch.setitem(bench.PEERS, "Foolbox 3 L2PGD", (not_installed, "foolbox"))
     main(["bench", "--steps", "2", "--batch-sizes", "16", "32", "--out", str(tmp_path),
           "--quiet"])
     results = json.loads((tmp_path / "bench.json").read_text())
-    assert [row["batch_size"] for row in results["throughput"]] == [16, 32] * 4
-    assert {row["layout"] for row in results["throughput"]} == {"contiguous", "channels last"}
+    assert [(row["precision"], row["layout"], row["batch_size"])
+            for row in results["throughput"]] == [
+        (p, layout, b) for p in ("float32", "bfloat16")
+        for layout in ("contiguous", "channels last") for b in (16, 32)]
     for row in results["throughput"]:
-        assert row["image_steps_per_s"] > 0 and 0 < row["share_of_peak"] < 1
-        assert row["peak_memory_bytes"] > 0
-    assert results["alternatives"]["speedup_over_naive"] > 1
-    assert results["auto_batch_size"]["chosen"] >= 16
-    assert "share of peak" in capsys.readouterr().out
-    assert (tmp_path / "bench.md").exists()
+        assert row["share_of_peak"] == pytest.approx(
+            row["image_steps_per_s"] * results["flops_per_image_step"][row["precision"]]
+            / results["peak_flops"][row["precision"]])
+    peers = results["peers"]
+    assert peers["peers"]["Foolbox 3 L2PGD"]["image_steps_per_s"] is None
+    assert peers["peers"]["torchattacks PGDL2"]["image_steps_per_s"] > 0
+    assert set(peers["resistclf"]) == {"exact", "bfloat16, channels last"}
+    report = capsys.readouterr().out
+    assert "Foolbox 3 L2PGD | not installed" in report
+    assert "torchattacks PGDL2 |" in report
+    assert (tmp_path / "bench.md").read_text().strip() == report.strip()
 
 
 def test_bench_flops_count_forward_and_input_gradient():
@@ -33,12 +54,77 @@ def test_bench_flops_count_forward_and_input_gradient():
     assert 1.5 * forward_only < flops_per_image_step(module, x, "float32") < 3 * forward_only
 
 
-def test_bench_agreement_fractions():
-    exact = {"res_n": torch.tensor([1.0, 2.0, 4.0]).numpy(), "res_max": torch.ones(3).numpy(),
-             "res_min": torch.tensor([3, 4, 5]).numpy(),
-             "adversarial_class": torch.tensor([1, 2, 3]).numpy()}
-    fast = {**exact, "res_n": exact["res_n"] * [1.005, 1.015, 1.5],
-            "res_min": torch.tensor([3, 4, 6]).numpy()}
-    result = agreement(fast, exact)
-    assert result["res_n_within_1pct"] == 1 / 3 and result["res_n_within_2pct"] == 2 / 3
-    assert result["res_min_identical"] == 2 / 3 and result["adversarial_class_identical"] == 1
+def _run(rng, n=400, flip_errors=0, seconds=100.0, noise=0.0):
+    """Per-image arrays of one mode; ``flip_errors`` moves that many recovered errors."""
+    is_error = np.zeros(n, bool)
+    is_error[:40] = True
+    res = np.where(is_error, 0.3, 1.0) + rng.normal(0, 0.3, n) + noise * rng.normal(0, 1, n)
+    recovered = is_error.copy()
+    recovered[:flip_errors] = False
+    run = {"is_error": is_error, "res_n": res, "res_max": res + 1, "res_min": np.round(res * 50),
+           "res_mean": res, "detector": -res, "recovered": recovered,
+           "top2_miss": ~recovered & is_error, "top5_miss": np.zeros(n, bool),
+           "corrected_right": ~is_error | recovered, "seconds": seconds}
+    assert set(run) == {*PER_IMAGE, "seconds"}
+    return run
+
+
+def test_bench_judge_modes_pairs_the_modes_and_flags_real_differences():
+    rng = np.random.RandomState(0)
+    exact = _run(rng)
+    same = {**exact, "seconds": 10.0}
+    worse = _run(np.random.RandomState(0), flip_errors=30, seconds=5.0)
+    judged = judge_modes({"exact": exact, "same": same, "worse": worse}, n_resamples=200)
+    assert judged["same"]["equivalent"] and judged["same"]["speedup"] == 10
+    for row in judged["same"]["conclusions"].values():
+        assert row["difference"] == 0 and row["ci"] == (0, 0)
+    assert not judged["worse"]["equivalent"]
+    recovered = judged["worse"]["conclusions"][
+        "errors whose true label the adversarial class recovers"]
+    assert recovered["difference"] == -30 and recovered["ci"][1] < 0
+    assert "errors whose true label the adversarial class recovers" in judged["worse"]["failing"]
+    # The AUROCs did not move: only the recovery conclusions fail.
+    assert all(not name.startswith("AUROC") for name in judged["worse"]["failing"])
+    assert fastest_equivalent_mode({"d": judged}) == "exact"  # "same" is not in ATTACK_MODES
+
+
+def test_bench_judge_modes_applies_the_auroc_tolerance():
+    # Within sampling noise, but an AUROC that moves by more than the tolerance still fails.
+    exact = _run(np.random.RandomState(0))
+    shifted = {**exact, "detector": exact["detector"] + np.where(
+        exact["is_error"], -0.5, 0.0) * np.random.RandomState(1).rand(len(exact["is_error"]))}
+    judged = judge_modes({"exact": exact, "shifted": shifted}, n_resamples=100)
+    row = judged["shifted"]["conclusions"][
+        "AUROC, detector on the three features (out-of-fold)"]
+    assert abs(row["difference"]) > AUROC_TOLERANCE
+    assert not row["holds"]
+
+
+def test_bench_fastest_equivalent_mode_must_hold_on_every_dataset():
+    def judged(**equivalent):
+        return {mode: {"equivalent": ok, "speedup": speed}
+                for mode, (ok, speed) in equivalent.items()}
+
+    modes = {"mnist": judged(**{"early exit": (True, 5.0), "all three": (True, 14.0)}),
+             "fashion-mnist": judged(**{"early exit": (True, 6.0), "all three": (False, 15.0)})}
+    assert fastest_equivalent_mode(modes) == "early exit"
+    modes["fashion-mnist"]["early exit"]["equivalent"] = False
+    assert fastest_equivalent_mode(modes) == "exact"
+
+
+def test_bench_format_tables_marks_failing_conclusions():
+    exact = _run(np.random.RandomState(0))
+    worse = _run(np.random.RandomState(0), flip_errors=30, seconds=5.0)
+    judged = judge_modes({"exact": exact, "early exit": worse}, n_resamples=100)
+    results = {"net": "n", "device": "cpu", "environment": {"machine": "m"}, "steps": 2,
+               "peak_flops": {"float32": 1e9}, "flops_per_image_step": {"float32": 1e6},
+               "throughput": [], "peers": {"batch_size": 8, "resistclf": {"exact": 10.0},
+                                           "peers": {}},
+               "alternatives": {"ours_image_steps_per_s": 1, "pgd_image_steps_per_s": 1,
+                                "naive_per_image_image_steps_per_s": 1,
+                                "speedup_over_naive": 1, "slowdown_vs_pgd": 0},
+               "auto_batch_size": {"chosen": 16, "throughput_vs_best": 1},
+               "modes": {"mnist": {"net": {"n_train": 10}, "timings": {}, **judged}}}
+    text = format_tables(results)
+    assert "| errors whose true label the adversarial class recovers | 40 | **-30 [" in text
+    assert "| verdict |  | not equivalent |" in text

@@ -95,5 +95,25 @@ ATTACK_MODES = {
     "exact": {},
     "bfloat16, channels last": {"precision": "bfloat16", "channels_last": True},
     "early exit": {"early_exit": 50},
+    "channels last, early exit": {"channels_last": True, "early_exit": 50},
     "all three": {"precision": "bfloat16", "channels_last": True, "early_exit": 50},
 }
+#: The mode ``--fast`` runs: the fastest of ``ATTACK_MODES`` that ``resistclf bench`` found
+#: equivalent to exact mode on both test sets (docs/results/bench/bench.json, "fast_mode").
+FAST_MODE = "early exit"
+
+
+def attack_mode(fast):
+    """The name and settings of the mode a study command attacks in."""
+    name = FAST_MODE if fast else "exact"
+    return name, ATTACK_MODES[name]
+
+
+def mode_sentence(mode):
+    """How a report says which mode ran: a clause, without a full stop."""
+    if mode == "exact":
+        return "exact mode (float32, the default)"
+    settings = ", ".join(f"{k}={v!r}" for k, v in ATTACK_MODES[mode].items())
+    return (f"**fast mode** (`--fast`: {mode}, `{settings}`), which the benchmark found to reach "
+            "exact mode's conclusions on the full MNIST and FashionMNIST test sets "
+            "(docs/results/bench)")

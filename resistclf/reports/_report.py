@@ -5,11 +5,14 @@ import os
 import platform
 import sys
 import time
+import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from .._cache import atomic_write
 from ..metrics import bootstrap_interval
 
 
@@ -131,3 +134,49 @@ def with_interval(value, interval, percent=False, digits=3):
     if interval is None or np.isnan(interval[0]):
         return f(value)
     return f"{f(value)} [{f(interval[0])}, {f(interval[1])}]"
+
+
+@contextmanager
+def parallel_backend(scheduler):
+    """Send joblib's jobs (the attack's ``n_jobs``) to the dask scheduler at ``scheduler``.
+
+    With ``scheduler=None`` joblib's default backend is kept.
+    """
+    if scheduler is None:
+        yield
+        return
+    import joblib
+    from distributed import Client
+
+    with Client(scheduler) as client, joblib.parallel_config(backend="dask"):
+        yield client
+
+
+def write_arrays(path, key, arrays, info):
+    """Save ``arrays`` to ``path.npz`` and ``{"key": key, "info": info}`` to ``path.json``."""
+    path = Path(path)
+    with atomic_write(path.with_suffix(".npz")) as file:
+        np.savez(file, **arrays)
+    with atomic_write(path.with_suffix(".json")) as file:
+        file.write(json.dumps({"key": key, "info": info}, indent=1, default=_jsonable).encode())
+
+
+def read_arrays(path, key):
+    """``(arrays, info)`` saved by :func:`write_arrays` under ``key``, or None.
+
+    None if nothing was saved, if it was saved for another key, or if the files cannot be
+    read (with a warning that names them, so that the caller recomputes).
+    """
+    path = Path(path)
+    npz, record = path.with_suffix(".npz"), path.with_suffix(".json")
+    if not (npz.exists() and record.exists()):
+        return None
+    try:
+        saved = json.loads(record.read_text())
+        if saved["key"] != key:
+            return None
+        with np.load(npz, allow_pickle=False) as data:
+            return dict(data), saved["info"]
+    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        warnings.warn(f"Recomputing: {npz} or {record} cannot be read ({exc}).", stacklevel=2)
+        return None

@@ -23,9 +23,9 @@ from .._cache import _fingerprint
 from .._nets import eval_mode
 from ..metrics import auroc, tpr_at_fpr
 from ..plotting import plot_boxplots, plot_image_grid, plot_roc_curves
-from ._reference import load_dataset, reference_net
-from ._report import call_repr, environment, keep_first_timings, phase, scored, table, \
-    with_interval, write_report
+from ._reference import attack_mode, load_dataset, mode_sentence, reference_net
+from ._report import call_repr, environment, keep_first_timings, parallel_backend, phase, \
+    scored, table, with_interval, write_report
 
 #: The attacks crafted: name -> (torchattacks class, its parameters, options).
 #: FGSM and PGD-Linf at the customary MNIST budgets; PGD takes 40 steps of 2.5 * eps / 40
@@ -67,7 +67,7 @@ def import_torchattacks():
 
 
 def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, max_iter=500,
-                    n_resamples=1000, verbose=True):
+                    n_resamples=1000, fast=False, n_jobs=None, scheduler=None, verbose=True):
     """Craft adversarial examples, measure resistance, and score the detectors.
 
     Parameters
@@ -90,6 +90,12 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
         Steps of the resistance attack.
     n_resamples : int, default=1000
         Bootstrap resamples for the 95% intervals.
+    fast : bool, default=False
+        Attack in the fastest mode the benchmark found equivalent to exact mode.
+    n_jobs : int or None, default=None
+        The resistance attack's ``n_jobs``.
+    scheduler : str or None, default=None
+        Address of a dask scheduler to run the attack's jobs on.
     verbose : bool, default=True
         Progress on standard error.
 
@@ -119,8 +125,10 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
         success = {name: _successful(module, crafted[name], y, name) for name in ATTACKS}
         adversarial = {name: crafted[name][success[name]] for name in ATTACKS}
 
-    attack = ResistanceAttack(max_iter=max_iter)
-    with _phase("resistance of clean and adversarial images", timings, verbose):
+    mode, settings = attack_mode(fast)
+    attack = ResistanceAttack(max_iter=max_iter, n_jobs=n_jobs, **settings)
+    with _phase("resistance of clean and adversarial images", timings, verbose), \
+            parallel_backend(scheduler):
         result, n_fresh = _resistance(attack, module, [X, *adversarial.values()],
                                       out / "attack-cache.npz", verbose)
         cached += [] if n_fresh else ["resistance of clean and adversarial images"]
@@ -136,7 +144,7 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
     results = {
         "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "test_accuracy": float(len(correct) / len(X_test)),
-        "n_clean": int(len(X)), "net": net_info, "attack": attack.get_params(),
+        "n_clean": int(len(X)), "net": net_info, "attack": attack.get_params(), "mode": mode,
         "adversarial_attacks": {name: {"torchattacks": cls, "params": params, **options}
                                 for name, (cls, params, options) in ATTACKS.items()},
         "torchattacks": torchattacks.__version__, "folds": FOLDS,
@@ -321,7 +329,8 @@ def _markdown(r):
         f"{r['seed']}), in [0, 1]. Detection is clean (negative, all {r['n_clean']:,}) against "
         "the successful adversarial examples of one attack (positive). Resistance attack: "
         f"{r['attack']['max_iter']} steps of size {r['attack']['step_size']}, "
-        f"{r['attack']['norm'].upper()} norm, the same as for error detection. Brackets hold "
+        f"{r['attack']['norm'].upper()} norm, the same as for error detection; "
+        f"{mode_sentence(r['mode'])}. Brackets hold "
         f"bootstrap 95% intervals ({r['n_resamples']} resamples of the images).",
         "",
     ]
@@ -331,9 +340,9 @@ def _markdown(r):
     lines += [
         "Res_min, the number of steps until the prediction first changes, is the detector of "
         "\"Attack as Defense\" (Zhao et al., ISSTA 2021), the published anchor. A single feature "
-        "flags an image as adversarial when its value is low. LR(resistance) is a "
-        "logistic regression on the standardised log(1 + feature) of Res_N, Res_max and "
-        "Res_min (`make_detector`), trained on each "
+        "flags an image as adversarial when its value is low. LR(resistance) is "
+        "`make_detector()`, a logistic regression on normal scores (quantile-transformed) of "
+        "Res_N, Res_max and Res_min, trained on each "
         f"attack's own examples and scored {r['folds']}-fold out-of-fold: it knows the attack "
         "and picks its own direction. Its baseline is the same logistic regression on "
         "max-softmax alone.",
@@ -411,4 +420,5 @@ def main(args):
         sys.exit(f"resistclf adversarial: error: {exc}")
     run_adversarial(args.dataset, args.root, out=out, download=args.download, seed=args.seed,
                     limit=args.limit, max_iter=args.max_iter, n_resamples=args.n_resamples,
+                    fast=args.fast, n_jobs=args.n_jobs, scheduler=args.scheduler,
                     verbose=not args.quiet)

@@ -17,8 +17,9 @@ import torch
 from .. import ResistanceAttack, ResistanceMonitor
 from ..models import SimpleCNN, make_net
 from ..plotting import plot_curves
-from ._reference import load_dataset
-from ._report import call_repr, environment, keep_first_timings, phase, table, write_report
+from ._reference import attack_mode, load_dataset, mode_sentence
+from ._report import call_repr, environment, keep_first_timings, parallel_backend, phase, \
+    table, write_report
 
 NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: History keys shown in skorch's epoch log; the monitor records more.
@@ -30,7 +31,7 @@ _phase = partial(phase, "dynamics")
 
 
 def run_dynamics(dataset, root, *, out, download=False, seed=0, limit=300, epochs=10,
-                 max_iter=500, verbose=True):
+                 max_iter=500, fast=False, n_jobs=None, scheduler=None, verbose=True):
     """Train the reference CNN with a :class:`ResistanceMonitor` and report each epoch.
 
     Parameters
@@ -51,6 +52,12 @@ def run_dynamics(dataset, root, *, out, download=False, seed=0, limit=300, epoch
         Training epochs.
     max_iter : int, default=500
         Steps of the resistance attack.
+    fast : bool, default=False
+        Attack in the fastest mode the benchmark found equivalent to exact mode.
+    n_jobs : int or None, default=None
+        The resistance attack's ``n_jobs``.
+    scheduler : str or None, default=None
+        Address of a dask scheduler to run the attack's jobs on.
     verbose : bool, default=True
         Progress on standard error and skorch's epoch log.
 
@@ -69,12 +76,16 @@ def run_dynamics(dataset, root, *, out, download=False, seed=0, limit=300, epoch
 
     # Even batches: the attack pads the last one to batch_size.
     batch_size = math.ceil(len(X_val) / math.ceil(len(X_val) / 256))
-    attack = ResistanceAttack(max_iter=max_iter, batch_size=batch_size)
+    mode, settings = attack_mode(fast)
+    attack = ResistanceAttack(max_iter=max_iter, batch_size=batch_size, n_jobs=n_jobs,
+                              **settings)
     info = {"architecture": "SimpleCNN()", "optimizer": "Adam(lr=1e-3), batch_size=128",
             "epochs": epochs, "seed": seed, "n_train": int(len(X_train)),
-            "n_val": int(len(X_val)), "attack": attack.get_params()}
+            "n_val": int(len(X_val)), "mode": mode,
+            # n_jobs does not change the results, so a cached history serves any n_jobs.
+            "attack": {k: v for k, v in attack.get_params().items() if k != "n_jobs"}}
     training = f"train {epochs} epochs, attacking {len(X_val)} images after each"
-    with _phase(training, timings, verbose):
+    with _phase(training, timings, verbose), parallel_backend(scheduler):
         history, from_cache = _history(X_train, y_train, X_val, y_val, attack, info,
                                        out / "history.json", verbose)
     results = {"dataset": dataset, **info, "n_test": int(len(X_test)),
@@ -155,7 +166,8 @@ def _markdown(r):
         f"for {r['epochs']} epochs on **{r['n_train']:,} training images**. After every epoch, "
         f"`ResistanceMonitor` attacks the same **{r['n_val']} test images** (a random subset of "
         f"the {r['n_test']:,}, seed {r['seed']}) with {r['attack']['max_iter']} steps of size "
-        f"{r['attack']['step_size']} and records the values below in the net's history. AUROC "
+        f"{r['attack']['step_size']} ({mode_sentence(r['mode'])}) and records the values "
+        "below in the net's history. AUROC "
         "treats the net's errors as positives; max-softmax is the baseline on the same net and "
         "images.",
         "",
@@ -222,5 +234,5 @@ def main(args):
     """Entry point of ``resistclf dynamics``."""
     out = args.out or f"results/dynamics-{args.dataset}"
     run_dynamics(args.dataset, args.root, out=out, download=args.download, seed=args.seed,
-                 limit=args.limit, epochs=args.epochs, max_iter=args.max_iter,
-                 verbose=not args.quiet)
+                 limit=args.limit, epochs=args.epochs, max_iter=args.max_iter, fast=args.fast,
+                 n_jobs=args.n_jobs, scheduler=args.scheduler, verbose=not args.quiet)

@@ -5,21 +5,48 @@ network's own softmax gives: max-softmax for detection, the softmax second choic
 correction, softmax top-k for top-k.
 """
 
+import hashlib
+import json
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import entropy
+from scipy.special import softmax
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedKFold
 
-from .. import AttackCache, ResistanceAttack, ResistanceClassifier, make_detector
-from ..metrics import bootstrap_interval, detection_metrics, softmax_topk
+from .. import AttackCache, ResistanceAttack, ResistanceClassifier
+from ..metrics import bootstrap_interval, softmax_topk
 from ..plotting import plot_attack_traces, plot_histograms, plot_image_grid, plot_roc_curves
-from ._reference import load_dataset, reference_net
-from ._report import call_repr, environment, keep_first_timings, phase, table, with_interval, \
-    write_report
+from ..scores import SOFTMAX_SCORES, DeepFoolResult
+from ._detection import (
+    ATTACK_DISTANCES,
+    RESISTANCE,
+    competitor_scores,
+    complementarity,
+    complementarity_markdown,
+    detection_markdown,
+    learned_scores,
+    metric_cell,
+    resistance_scores,
+    risk_coverage_figure,
+    score_metrics,
+)
+from ._reference import attack_mode, load_dataset, mode_sentence, reference_net
+from ._report import (
+    call_repr,
+    environment,
+    keep_first_timings,
+    parallel_backend,
+    phase,
+    read_arrays,
+    table,
+    with_interval,
+    write_arrays,
+    write_report,
+)
 
 #: The write-up's own figures (its networks, trained on the full training sets).
 WRITEUP = {
@@ -35,7 +62,7 @@ _phase = partial(phase, "reproduce")
 
 
 def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max_iter=500,
-                  n_resamples=1000, verbose=True):
+                  n_resamples=1000, fast=False, n_jobs=None, scheduler=None, verbose=True):
     """Run the study on ``dataset`` and write the report to ``out``.
 
     Parameters
@@ -44,8 +71,8 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
     root : path
         Folder that holds the torchvision raw files (``MNIST/raw``, ...).
     out : path
-        Output folder. The trained net and the attack results are cached there,
-        so a rerun reuses them.
+        Output folder. The trained net, the attack results and the competitors'
+        scores are cached there, so a rerun reuses them.
     download : bool, default=False
         Let torchvision fetch missing files.
     seed : int, default=0
@@ -56,6 +83,12 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
         Attack steps.
     n_resamples : int, default=1000
         Bootstrap resamples for the 95% intervals.
+    fast : bool, default=False
+        Attack in the fastest mode the benchmark found equivalent to exact mode.
+    n_jobs : int or None, default=None
+        The attack's ``n_jobs``.
+    scheduler : str or None, default=None
+        Address of a dask scheduler to run the attack's jobs on.
     verbose : bool, default=True
         Progress on standard error.
 
@@ -76,51 +109,61 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
         keep = np.sort(np.random.RandomState(seed).choice(len(X_test), limit, replace=False))
         X_test, y_test = X_test[keep], y_test[keep]
 
+    mode, settings = attack_mode(fast)
     cache_path = out / "attack-cache.npz"
     cache = AttackCache.load(cache_path) if cache_path.exists() else AttackCache()
-    attack = ResistanceAttack(max_iter=max_iter, verbose=verbose)
+    attack = ResistanceAttack(max_iter=max_iter, n_jobs=n_jobs, verbose=verbose, **settings)
     clf = ResistanceClassifier(FrozenEstimator(net), attack=attack, cache=cache,
                                random_state=seed)
-    n_cached = len(cache)
-    with _phase("attack the test set", timings, verbose):
-        # Fitting on the test set only gives access to its attack results;
-        # everything evaluated below is out-of-fold.
-        clf.fit(X_test, y_test)
-        result = clf.attack_results(X_test)
-        cache.save(cache_path)
-    if len(cache) == n_cached:
-        cached.append("attack the test set")
-    n_cached = len(cache)
-    with _phase("attack away from the runner-ups (top-5)", timings, verbose):
-        top5 = clf.predict_topk(X_test, k=5)
-        cache.save(cache_path)
-    if len(cache) == n_cached:
-        cached.append("attack away from the runner-ups (top-5)")
+    with parallel_backend(scheduler):
+        n_cached = len(cache)
+        with _phase("attack the test set", timings, verbose):
+            # Fitting on the test set only gives access to its attack results;
+            # everything evaluated below is out-of-fold.
+            clf.fit(X_test, y_test)
+            result = clf.attack_results(X_test)
+            cache.save(cache_path)
+        if len(cache) == n_cached:
+            cached.append("attack the test set")
+        n_cached = len(cache)
+        with _phase("attack away from the runner-ups (top-5)", timings, verbose):
+            top5 = clf.predict_topk(X_test, k=5)
+            cache.save(cache_path)
+        if len(cache) == n_cached:
+            cached.append("attack away from the runner-ups (top-5)")
+
+    is_error = clf.classes_[result.c0] != y_test
+    with _phase("the competitors: softmax-derived scores, input-space margin, DeepFool",
+                timings, verbose):
+        logits = net.forward(X_test, training=False).numpy()
+        competitors, cost, fooled = _competitors(net.module_, logits, X_test, out / "competitors",
+                                                 net_info)
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
     with _phase(f"{FOLDS}-fold cross-validation of detect-then-correct", timings, verbose):
         corrected_pred = np.empty_like(y_test)
-        detector_oof = np.empty(len(y_test))
         for train, held in folds.split(X_test, y_test):
-            fold = clone(clf).fit(X_test[train], y_test[train])
-            corrected_pred[held] = fold.predict(X_test[held])
-            detector_oof[held] = fold.predict_error_proba(X_test[held])
-
+            corrected_pred[held] = clone(clf).fit(X_test[train], y_test[train]).predict(
+                X_test[held])
+    with _phase("learned detectors, out-of-fold", timings, verbose):
+        scores = _scores(result, competitors, is_error, folds, seed)
     with _phase("metrics and bootstrap intervals", timings, verbose):
-        results = _analyse(dataset, clf, X_test, y_test, result, top5, corrected_pred,
-                           detector_oof, folds, seed, n_resamples)
-    per_sample = results.pop("per_sample")
+        results = _analyse(dataset, clf, y_test, logits, result, top5, corrected_pred, fooled,
+                           is_error, scores, seed, n_resamples)
+    cost.update(_resistance_cost(attack, timings, len(X_test)))
     with _phase("traces of a hard and an easy image", timings, verbose):
-        hard, easy = _hard_and_easy(result, per_sample["is_error"])
-        traced = clone(attack).set_params(verbose=False)(
+        hard, easy = _hard_and_easy(result, is_error)
+        traced = clone(attack).set_params(verbose=False, n_jobs=None, early_exit=None)(
             net.module_, _tensor(X_test[[hard, easy]]), return_trace=True)
     results.update({
         "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "net": net_info, "attack": attack.get_params(),
-        "threshold_folds": FOLDS, "n_resamples": n_resamples, "environment": environment(),
-        "traced_images": {"hard": int(hard), "easy": int(easy)},
+        "mode": mode, "threshold_folds": FOLDS, "n_resamples": n_resamples,
+        "environment": environment(), "traced_images": {"hard": int(hard), "easy": int(easy)},
+        "cost": cost,
     })
     with _phase("figures and report", timings, verbose):
-        figures = _figures(per_sample, X_test, y_test, result, traced, hard, easy)
+        figures = _figures(is_error, scores, X_test, y_test, clf.classes_, logits, result,
+                           traced, hard, easy)
     keep_first_timings(out, timings, cached)
     results["seconds"] = timings
     write_report(out, _markdown(results), results, figures)
@@ -133,30 +176,51 @@ def _tensor(X):
     return torch.from_numpy(np.array(X, dtype=np.float32))
 
 
-def _analyse(dataset, clf, X, y, result, top5, corrected_pred, detector_oof, folds, seed,
-             n_resamples):
+def _competitors(module, logits, X, path, net_info):
+    """The competitors' scores, cached in ``path``.npz with their cost in ``path``.json."""
+    key = json.dumps({"net": {k: v for k, v in net_info.items() if k != "train_seconds"},
+                      "images": hashlib.blake2b(np.ascontiguousarray(X).tobytes(),
+                                                digest_size=16).hexdigest()}, sort_keys=True)
+    saved = read_arrays(path, key)
+    if saved is not None:
+        arrays, cost = saved
+        fooled = DeepFoolResult(**{k.removeprefix("deepfool_"): v for k, v in arrays.items()
+                                   if k.startswith("deepfool_")})
+        return {k: v for k, v in arrays.items() if not k.startswith("deepfool_")}, cost, fooled
+    scores, cost, fooled = competitor_scores(module, logits, X)
+    write_arrays(path, key, {**scores, **{f"deepfool_{f.name}": getattr(fooled, f.name)
+                                          for f in fields(fooled)}}, cost)
+    return scores, cost, fooled
+
+
+def _scores(result, competitors, is_error, folds, seed):
+    """Every error score of the report, resistance first."""
+    resistance = resistance_scores(result)
+    softmax = {name: competitors[name] for name in SOFTMAX_SCORES}
+    distances = {name: competitors[name] for name in ATTACK_DISTANCES}
+    learned = learned_scores(is_error, resistance, softmax, distances, folds, seed)
+    return {**resistance, "LR(resistance)": learned.pop("LR(resistance)"), **softmax,
+            **distances, **learned}
+
+
+def _resistance_cost(attack, timings, n_images):
+    """Passes per image of the resistance attack, and its measured time on the test set."""
+    seconds = timings.get("attack the test set")
+    passes = {"forward": attack.max_iter + 1, "backward": attack.max_iter,
+              "seconds": seconds}
+    if attack.early_exit is not None:
+        passes.update(forward=f"<= {attack.max_iter + 1}", backward=f"<= {attack.max_iter}")
+    return {name: passes for name in (*RESISTANCE, "LR(resistance)")}
+
+
+def _analyse(dataset, clf, y, logits, result, top5, corrected_pred, fooled, is_error, scores,
+             seed, n_resamples):
     classes = clf.classes_
-    proba = clf.predict_proba(X)
+    proba = softmax(logits, axis=1)
     pred = classes[result.c0]
     adversarial = classes[result.adversarial_class]
     second = softmax_topk(proba, classes, 2)[:, 1]
-    is_error = pred != y
-    sorted_proba = np.sort(proba, axis=1)
-    resist_and_conf = np.column_stack([result.features, sorted_proba[:, -1]])
-    combined_oof = cross_val_predict(
-        make_detector(), resist_and_conf, is_error,
-        cv=folds, method="predict_proba",
-    )[:, 1]
-    scores = {
-        "Res_N": -result.res_n,
-        "Res_max": -result.res_max,
-        "Res_min": -result.res_min.astype(float),
-        "LR(resistance), out-of-fold": detector_oof,
-        "max-softmax": -sorted_proba[:, -1],
-        "softmax margin": -(sorted_proba[:, -1] - sorted_proba[:, -2]),
-        "softmax entropy": entropy(proba, axis=1),
-        "LR(resistance + max-softmax), out-of-fold": combined_oof,
-    }
+    deepfool_class = classes[fooled.adversarial_class]
 
     def ci(statistic, *arrays):
         return bootstrap_interval(statistic, *arrays, n_resamples=n_resamples,
@@ -166,19 +230,11 @@ def _analyse(dataset, clf, X, y, result, top5, corrected_pred, detector_oof, fol
         return {"value": float(np.mean(mask)), "ci": ci(np.mean, mask), "count": int(np.sum(mask)),
                 "of": int(len(mask))}
 
-    detection = {}
-    for name, score in scores.items():
-        metrics = detection_metrics(is_error, score)
-        detection[name] = {
-            key: {"value": value,
-                  "ci": ci(lambda e, s, key=key: detection_metrics(e, s)[key], is_error, score)}
-            for key, value in metrics.items()
-        }
-
+    max_softmax = proba.max(axis=1)
     separation = {}
     for name, values in [("Res_N", result.res_n), ("Res_max", result.res_max),
-                         ("Res_min", result.res_min.astype(float)),
-                         ("max-softmax", sorted_proba[:, -1])]:
+                         ("Res_min", result.res_min.astype(float)), ("Res_mean", result.res_mean),
+                         ("max-softmax", max_softmax)]:
         separation[name] = {
             "q10_correct": float(np.quantile(values[~is_error], 0.1)),
             "q90_incorrect": float(np.quantile(values[is_error], 0.9)) if is_error.any() else None,
@@ -194,16 +250,17 @@ def _analyse(dataset, clf, X, y, result, top5, corrected_pred, detector_oof, fol
     errors = is_error.nonzero()[0]
     softmax5 = softmax_topk(proba, classes, 5)
     return {
-        "per_sample": {"is_error": is_error, "scores": scores, "label": classes[result.c0],
-                       "adversarial": adversarial, "second": second},
         "errors": rate(is_error),
         "flip_rate": {"correct": rate(result.flipped[~is_error]),
                       "incorrect": rate(result.flipped[is_error])},
         "separation": separation,
-        "detection": detection,
+        "detection": score_metrics(is_error, scores, n_resamples=n_resamples, seed=seed),
+        "complementarity": complementarity(is_error, scores, n_resamples=n_resamples,
+                                           seed=seed),
         "correction": {
             "adversarial_class_is_true": rate(adversarial[errors] == y[errors]),
             "second_choice_is_true": rate(second[errors] == y[errors]),
+            "deepfool_class_is_true": rate(deepfool_class[errors] == y[errors]),
             "adversarial_is_second_choice_errors": rate(adversarial[errors] == second[errors]),
             "adversarial_is_second_choice_all_flipped": rate(
                 adversarial[result.flipped] == second[result.flipped]),
@@ -241,10 +298,15 @@ def _hard_and_easy(result, is_error):
     return at_quantile(~is_error, 0.9), at_quantile(easy_pool, 0.5)
 
 
-def _figures(per_sample, X, y, result, traced, hard, easy):
-    is_error, scores = per_sample["is_error"], per_sample["scores"]
+#: The scores drawn in the ROC and risk-coverage figures.
+SHOWN = ["Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", "max-softmax",
+         "input-space margin", "DeepFool distance", "HGB(softmax + resistance)"]
+
+
+def _figures(is_error, scores, X, y, classes, logits, result, traced, hard, easy):
     errors = np.flatnonzero(is_error)[:40]
     label = lambda i: f"{'correct' if not is_error[i] else 'misclassified'} {y[i]}"  # noqa
+    second = classes[np.argsort(-logits, axis=1, kind="stable")[:, 1]]
     return {
         "traces": plot_attack_traces(
             traced.conf_trace, traced.norm_trace, X[[hard, easy]],
@@ -252,14 +314,21 @@ def _figures(per_sample, X, y, result, traced, hard, easy):
              f"{result.res_n[hard]:.2f}",
              f"easy: {label(easy)}, Res_min {result.res_min[easy]}, Res_N "
              f"{result.res_n[easy]:.2f}"]),
+        # Heavy tails (images that never flip reach |r| = 70; 1 - max-softmax spans ten
+        # decades), so every panel has a log axis.
         "histograms": plot_histograms(
-            [result.res_n, result.res_max, result.res_min.astype(float), -scores["max-softmax"]],
-            is_error, ["Res_N", "Res_max", "Res_min (steps)", "max-softmax (baseline)"]),
-        "roc": plot_roc_curves(is_error, scores),
+            [result.res_n, result.res_max, result.res_min.astype(float), result.res_mean,
+             scores["max-softmax"]],
+            is_error, ["Res_N", "Res_max", "Res_min (steps)", "Res_mean",
+                       "1 - max-softmax (baseline)"], log=True),
+        "roc": plot_roc_curves(is_error, {name: scores[name] for name in SHOWN}),
+        "risk_coverage": risk_coverage_figure(is_error, scores, SHOWN,
+                                              title="Risk against coverage"),
         "errors": plot_image_grid(
             X[errors],
-            [f"true {y[i]} pred {per_sample['label'][i]}\nadv {per_sample['adversarial'][i]} "
-             f"2nd {per_sample['second'][i]}" for i in errors]),
+            [f"true {y[i]} pred {classes[result.c0[i]]}\nadv "
+             f"{classes[result.adversarial_class[i]]} 2nd {second[i]}"
+             for i in errors]),
     }
 
 
@@ -268,9 +337,10 @@ def _markdown(r):
     writeup = WRITEUP[r["dataset"]]
     pct = lambda d: with_interval(d["value"], d["ci"], percent=True)  # noqa: E731
     count = lambda d: f"{d['count']} of {d['of']}"  # noqa: E731
-    sep, det, cor, topk, dtc = (r["separation"], r["detection"], r["correction"],
-                                r["topk_error"], r["detect_then_correct"])
-    auroc = lambda name: with_interval(det[name]["auroc"]["value"], det[name]["auroc"]["ci"])  # noqa
+    sep, det, cor, topk, dtc, comp = (r["separation"], r["detection"], r["correction"],
+                                      r["topk_error"], r["detect_then_correct"],
+                                      r["complementarity"])
+    auroc = lambda name: metric_cell(det[name], "auroc")  # noqa: E731
     lines = [
         f"# Reproducing the write-up on {dataset}",
         "",
@@ -279,8 +349,8 @@ def _markdown(r):
         f"images**; attacked on **{r['n_test']:,} test images**"
         + (f" (a random subset, `--limit {r['limit']}`)" if r["limit"] else "") + ". "
         f"Attack: {r['attack']['max_iter']} steps of size {r['attack']['step_size']}, "
-        f"{r['attack']['norm'].upper()} norm, thresholds {tuple(r['attack']['thresholds'])}. "
-        "Brackets hold bootstrap 95% intervals "
+        f"{r['attack']['norm'].upper()} norm, thresholds {tuple(r['attack']['thresholds'])}; "
+        f"{mode_sentence(r['mode'])}. Brackets hold bootstrap 95% intervals "
         f"({r['n_resamples']} resamples of the test images).",
         "",
     ]
@@ -288,6 +358,7 @@ def _markdown(r):
         lines += [f"MNIST's training split here holds only the first {r['n_train']:,} of the "
                   "official 60,000 images, so this net makes more errors than one trained on "
                   "all of them, and than the write-up's.", ""]
+    best_softmax = min(SOFTMAX_SCORES, key=lambda name: det[name]["aurc"]["value"])
     lines += [
         "## Summary: the write-up, ours, and the baseline on the same net",
         "",
@@ -303,6 +374,9 @@ def _markdown(r):
              f"max-softmax below {_maybe(sep['max-softmax']['q90_incorrect'], 4)}"],
             ["error-detection AUROC", "not given", f"Res_N {auroc('Res_N')}",
              f"max-softmax {auroc('max-softmax')}"],
+            ["AURC ×1000 (lower is better)", "not given",
+             f"Res_N {metric_cell(det['Res_N'], 'aurc')}",
+             f"max-softmax {metric_cell(det['max-softmax'], 'aurc')}"],
             ["errors whose true label is recovered", f"{writeup['corrected']} of "
              f"{writeup['errors']}", f"{count(cor['adversarial_class_is_true'])} (adversarial "
              "class)", f"{count(cor['second_choice_is_true'])} (softmax second choice)"],
@@ -341,27 +415,57 @@ def _markdown(r):
                   f"{writeup['res_n_q90_incorrect']}. (Res_N's scale depends on the step size "
                   "and on how images are scaled, so the quantiles above are the fairer "
                   "comparison.)", ""]
+    resistance = [*RESISTANCE, "LR(resistance)"]
+    groups = {
+        "resistance (this library)": resistance,
+        "softmax-derived, from one forward pass": list(SOFTMAX_SCORES),
+        "attack-based competitors": list(ATTACK_DISTANCES),
+        f"learned combinations ({r['threshold_folds']}-fold out-of-fold)":
+            [name for name in det if name not in (*resistance, *SOFTMAX_SCORES,
+                                                   *ATTACK_DISTANCES)],
+    }
     lines += [
         "## 3. Detecting the net's errors",
         "",
-        "Errors are the positive class. Learned detectors (LR: `make_detector()`, a logistic regression on the standardised log(1 + feature))"
-        f" are scored on {r['threshold_folds']}-fold out-of-fold predictions only.",
+        "Errors are the positive class and every score is oriented so that higher means more "
+        "likely an error. AUROC and FPR at 95% TPR rank errors against correct predictions; "
+        "AURC, E-AURC and AUGRC (×1000, lower is better) score the selective classifier that "
+        "rejects the highest scores first, as FD-Shifts (Jaeger et al., ICLR 2023) and Traub et "
+        "al. (2024) do, with tied scores accepted in random order (the expectation, exactly). "
+        "Learned detectors are scored on out-of-fold predictions only, all on the same folds: "
+        "LR is `make_detector()`, HGB scikit-learn's `HistGradientBoostingClassifier`. Cost: "
+        "forward (F) and backward (B) passes per image, and the seconds measured for the whole "
+        "test set on this machine.",
         "",
-        table(["detector", "AUROC", "AUPR", "FPR at 95% TPR"],
-              [[name, *(with_interval(m[k]["value"], m[k]["ci"])
-                        for k in ("auroc", "aupr", "fpr_at_95_tpr"))] for name, m in det.items()]),
+        detection_markdown(det, groups, r["cost"]),
+        "",
+        f"The best softmax-derived score by AURC is {best_softmax}.",
+        "",
+        "![Risk against coverage](risk_coverage.png)",
         "",
         "![ROC curves](roc.png)",
         "",
         "![Histograms](histograms.png)",
         "",
-        "## 4. Adversarial correction",
+        "## 4. Does resistance add anything beyond the softmax?",
+        "",
+        "The same learner, out-of-fold on the same folds, with and without the resistance "
+        "features (Res_N, Res_max, Res_min, Res_mean). Gradient-boosted trees cannot be fooled "
+        "by a monotone transform of an input, so a difference is information, not scaling. "
+        "Δ is (with) − (without) with its paired bootstrap 95% interval; resistance *adds* "
+        "information when the interval excludes 0 (AUROC up, AURC down).",
+        "",
+        complementarity_markdown(comp),
+        "",
+        "## 5. Adversarial correction",
         "",
         table(["among the net's errors", "count", "rate"], [
             ["adversarial class = true label", count(cor["adversarial_class_is_true"]),
              pct(cor["adversarial_class_is_true"])],
             ["softmax second choice = true label (baseline)", count(cor["second_choice_is_true"]),
              pct(cor["second_choice_is_true"])],
+            ["DeepFool's class = true label", count(cor["deepfool_class_is_true"]),
+             pct(cor["deepfool_class_is_true"])],
             ["adversarial class = softmax second choice",
              count(cor["adversarial_is_second_choice_errors"]),
              pct(cor["adversarial_is_second_choice_errors"])],
@@ -372,7 +476,7 @@ def _markdown(r):
         "",
         "![Misclassified images](errors.png)",
         "",
-        "## 5. Top-k",
+        "## 6. Top-k",
         "",
         table(["", "resistance (`predict_topk`)", "softmax top-k (baseline)"], [
             ["top-2 error", pct(topk["top2_predict_topk"]), pct(topk["top2_softmax"])],
@@ -383,7 +487,7 @@ def _markdown(r):
         "with the classes the attack lands in away from each (see "
         "`ResistanceClassifier.predict_topk`).",
         "",
-        "## 6. Detect, then correct",
+        "## 7. Detect, then correct",
         "",
         f"`ResistanceClassifier` under {r['threshold_folds']}-fold cross-validation over the test "
         "set, the net kept fixed (`FrozenEstimator`): each fold's detector and threshold are fit "
@@ -399,7 +503,7 @@ def _markdown(r):
         f"It changed {dtc['changed']} predictions: {dtc['changed_to_true']} to the true label, "
         f"{dtc['changed_from_true']} away from a correct one.",
         "",
-        "## 7. An image hard to attack and one easy to attack",
+        "## 8. An image hard to attack and one easy to attack",
         "",
         "Conf of the original class (blue) and |r| (red) over the attack, as in the write-up's "
         "figure.",
@@ -427,4 +531,6 @@ def main(args):
     """Entry point of ``resistclf reproduce``."""
     out = args.out or f"results/reproduce-{args.dataset}"
     run_reproduce(args.dataset, args.root, out=out, download=args.download, seed=args.seed,
-                  limit=args.limit, max_iter=args.max_iter, verbose=not args.quiet)
+                  limit=args.limit, max_iter=args.max_iter, n_resamples=args.n_resamples,
+                  fast=args.fast, n_jobs=args.n_jobs,
+                  scheduler=args.scheduler, verbose=not args.quiet)

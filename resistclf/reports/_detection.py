@@ -1,0 +1,194 @@
+"""Failure detection to the field's standard, shared by ``reproduce`` and ``compare``.
+
+Every score is an error score (higher means more likely wrong), scored by AUROC, AURC, E-AURC,
+AUGRC and FPR at 95% TPR with bootstrap intervals; learned detectors are scored out-of-fold,
+on the same folds. The complementarity test asks whether the resistance features add anything
+to what the softmax already gives, with a learner that no monotone transform can fool.
+"""
+
+import time
+
+import numpy as np
+import torch
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.model_selection import cross_val_predict
+
+from .. import make_detector
+from ..metrics import bootstrap_interval, detection_metrics
+from ..scores import deepfool, input_margin, softmax_scores
+from ._report import table, with_interval
+
+METRICS = {"auroc": "AUROC", "aurc": "AURC", "eaurc": "E-AURC", "augrc": "AUGRC",
+           "fpr_at_95_tpr": "FPR at 95% TPR"}
+#: Metrics shown multiplied by 1000, as the field reports them.
+PER_MILLE = {"aurc", "eaurc", "augrc"}
+RESISTANCE = {"Res_N": "res_n", "Res_max": "res_max", "Res_min": "res_min",
+              "Res_mean": "res_mean"}
+ATTACK_DISTANCES = ("input-space margin", "DeepFool distance")
+
+
+def resistance_scores(result):
+    """Each resistance feature as an error score: low resistance means a likely error."""
+    return {name: -getattr(result, field).astype(float) for name, field in RESISTANCE.items()}
+
+
+def competitor_scores(module, logits, X, *, batch_size=256):
+    """The softmax-derived scores and the attack-based distances, with their measured cost.
+
+    Returns
+    -------
+    scores : dict of str to ndarray
+        Error scores.
+    cost : dict of str to dict
+        Per score family: ``forward`` and ``backward`` passes per image, and ``seconds``.
+    deepfool_result : DeepFoolResult
+    """
+    n_classes = logits.shape[1]
+    start = time.perf_counter()
+    scores = softmax_scores(logits)
+    softmax_seconds = time.perf_counter() - start
+    cost = {name: {"forward": 1, "backward": 0, "seconds": None} for name in scores}
+    X = torch.from_numpy(np.array(X, dtype=np.float32))
+    start = time.perf_counter()
+    margin = input_margin(module, X, batch_size=batch_size)
+    cost["input-space margin"] = {"forward": 1, "backward": n_classes,
+                                  "seconds": time.perf_counter() - start}
+    start = time.perf_counter()
+    fooled = deepfool(module, X, batch_size=batch_size)
+    cost["DeepFool distance"] = {"forward": float(np.mean(fooled.n_iter + 1)),
+                                 "backward": float(np.mean(fooled.n_iter * n_classes)),
+                                 "seconds": time.perf_counter() - start}
+    scores["input-space margin"] = -margin
+    scores["DeepFool distance"] = -fooled.distance
+    cost["softmax-derived (all eight)"] = {"forward": 1, "backward": 0,
+                                           "seconds": softmax_seconds}
+    return scores, cost, fooled
+
+
+def learned_scores(is_error, resistance, softmax, distances, folds, seed):
+    """Out-of-fold error scores of learned detectors, all on the same folds.
+
+    - ``LR(resistance)``: :func:`~resistclf.make_detector` on the write-up's three features;
+    - ``LR(resistance + max-softmax)``: the same detector with max-softmax added;
+    - ``HGB(...)``: gradient-boosted trees, which no monotone transform of an input can fool,
+      on the softmax-derived scores, with and without the resistance features and the
+      attack-based distances: the complementarity test.
+    """
+    def out_of_fold(learner, *blocks):
+        features = np.column_stack([score for block in blocks for score in block.values()])
+        return cross_val_predict(learner, features, is_error, cv=folds,
+                                 method="predict_proba")[:, 1]
+
+    def boosted():
+        return HistGradientBoostingClassifier(random_state=seed)
+
+    three = {name: resistance[name] for name in ("Res_N", "Res_max", "Res_min")}
+    return {
+        "LR(resistance)": out_of_fold(make_detector(), three),
+        "LR(resistance + max-softmax)": out_of_fold(
+            make_detector(), three, {"max-softmax": softmax["max-softmax"]}),
+        "HGB(softmax)": out_of_fold(boosted(), softmax),
+        "HGB(softmax + resistance)": out_of_fold(boosted(), softmax, resistance),
+        "HGB(softmax + distances)": out_of_fold(boosted(), softmax, distances),
+        "HGB(softmax + distances + resistance)": out_of_fold(boosted(), softmax, distances,
+                                                             resistance),
+    }
+
+
+#: The complementarity test: (with, without) pairs of learned detectors.
+COMPLEMENTS = {
+    "resistance beyond the softmax": ("HGB(softmax + resistance)", "HGB(softmax)"),
+    "resistance beyond the softmax and the attack distances": (
+        "HGB(softmax + distances + resistance)", "HGB(softmax + distances)"),
+    "LR(resistance + max-softmax) beyond max-softmax": ("LR(resistance + max-softmax)",
+                                                        "max-softmax"),
+}
+
+
+def score_metrics(is_error, scores, *, n_resamples, seed):
+    """Every metric of every score, each with its bootstrap 95% interval."""
+    results = {}
+    for name, score in scores.items():
+        values = detection_metrics(is_error, score)
+        results[name] = {
+            key: {"value": values[key],
+                  "ci": bootstrap_interval(lambda e, s, key=key: detection_metrics(e, s)[key],
+                                           is_error, score, n_resamples=n_resamples,
+                                           random_state=seed)}
+            for key in METRICS}
+    return results
+
+
+def complementarity(is_error, scores, *, n_resamples, seed):
+    """Paired bootstrap differences in AUROC and AURC of each pair of ``COMPLEMENTS``."""
+    results = {}
+    for name, (with_, without) in COMPLEMENTS.items():
+        row = {"with": with_, "without": without}
+        for key in ("auroc", "aurc"):
+            def difference(e, a, b, key=key):
+                return detection_metrics(e, a)[key] - detection_metrics(e, b)[key]
+
+            value = difference(is_error, scores[with_], scores[without])
+            low, high = bootstrap_interval(difference, is_error, scores[with_], scores[without],
+                                           n_resamples=n_resamples, random_state=seed)
+            better = low > 0 if key == "auroc" else high < 0
+            worse = high < 0 if key == "auroc" else low > 0
+            row[key] = {"difference": value, "ci": (low, high),
+                        "verdict": "adds" if better else "loses" if worse else "no difference"}
+        results[name] = row
+    return results
+
+
+def metric_cell(metrics, key):
+    scale = 1000 if key in PER_MILLE else 1
+    value, ci = metrics[key]["value"], metrics[key]["ci"]
+    return with_interval(scale * value, (scale * ci[0], scale * ci[1]),
+                         digits=1 if key in PER_MILLE else 3)
+
+
+def detection_markdown(metrics, groups, cost):
+    """The table of every score's metrics, grouped, with each score's cost."""
+    def cost_cell(name):
+        c = cost.get(name)
+        if c is None:
+            return ""
+        seconds = "" if c["seconds"] is None else f", {c['seconds']:.0f} s"
+        return f"{c['forward']:.3g} F + {c['backward']:.3g} B{seconds}"
+
+    rows = []
+    for group, names in groups.items():
+        rows.append([f"*{group}*", *[""] * (len(METRICS) + 1)])
+        rows += [[name, *(metric_cell(metrics[name], key) for key in METRICS), cost_cell(name)]
+                 for name in names]
+    header = ["score", *(f"{label}{' ×1000' if key in PER_MILLE else ''}"
+                         for key, label in METRICS.items()), "cost per image"]
+    return table(header, rows)
+
+
+def complementarity_markdown(results):
+    def cell(row, key, scale):
+        d = row[key]
+        low, high = d["ci"]
+        return (f"{scale * d['difference']:+.{3 if scale == 1 else 2}f} "
+                f"[{scale * low:+.{3 if scale == 1 else 2}f}, "
+                f"{scale * high:+.{3 if scale == 1 else 2}f}]: {d['verdict']}")
+
+    return table(["question", "detector with", "detector without", "Δ AUROC",
+                  "Δ AURC ×1000"],
+                 [[name, row["with"], row["without"], cell(row, "auroc", 1),
+                   cell(row, "aurc", 1000)] for name, row in results.items()])
+
+
+def risk_coverage_figure(is_error, scores, names, *, title, ax=None):
+    """Risk-coverage curves of the named scores, on ``ax`` or on a new figure."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import RiskCoverageDisplay
+
+    fig, ax = plt.subplots(figsize=(7, 5)) if ax is None else (ax.figure, ax)
+    for name in names:
+        RiskCoverageDisplay.from_predictions(is_error, scores[name], name=name, ax=ax)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
