@@ -20,8 +20,19 @@ import numbers
 
 import numpy as np
 
-__all__ = ["aurc", "augrc", "auroc", "bootstrap_interval", "detection_metrics", "eaurc",
-           "fpr_at_tpr", "risk_coverage_curve", "softmax_topk", "topk_accuracy", "tpr_at_fpr"]
+__all__ = [
+    "augrc",
+    "aurc",
+    "auroc",
+    "bootstrap_interval",
+    "detection_metrics",
+    "eaurc",
+    "fpr_at_tpr",
+    "risk_coverage_curve",
+    "softmax_topk",
+    "topk_accuracy",
+    "tpr_at_fpr",
+]
 
 
 def _check_detection_input(is_error, error_score):

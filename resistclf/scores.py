@@ -264,7 +264,7 @@ def _check_positive_int(name, value):
 
 
 def _check_inputs(X):
-    """X as a tensor that shares nothing the caller could see us write to."""
+    """X as a tensor; never written to (each batch is copied before use)."""
     if isinstance(X, torch.Tensor):
         X = X.detach()
     else:
@@ -318,7 +318,8 @@ def input_margin(module, X, *, norm="l2", batch_size=256, device=None):
     (Moosavi-Dezfooli et al., 2016); for a linear classifier it is the exact
     distance to the nearest boundary. With ``norm="linf"`` the gradient's L1
     norm is used, which over the runner-up class only is the ``RR_exp`` score
-    of RAT's code (Yan and Weng, 2025, ``utils/ConfidenceScores.py``,
+    of RAT's code (Yan and Weng, 2025, arXiv:2503.14783; repository
+    Trustworthy-ML-Lab/RAT_MisD, ``utils/ConfidenceScores.py``,
     ``RobustRadiusFastExp``). RAT's ``RR-Fast`` (``RobustRadiusFast``) differs:
     it measures, along the sign of the gradient of the log max-softmax, by a
     finite difference, the L-infinity step at which each logit gap closes.
