@@ -1,8 +1,14 @@
-"""Figures of the study. Each function draws on new or given axes and returns the figure."""
+"""Figures of the study, and the risk-coverage curve in scikit-learn's Display style.
 
-import matplotlib.pyplot as plt
+Each ``plot_*`` function draws on new or given axes and returns the figure.
+matplotlib is imported only when something is drawn, as scikit-learn does.
+"""
+
 import numpy as np
 from sklearn.metrics import RocCurveDisplay
+
+from .metrics import aurc as _aurc
+from .metrics import risk_coverage_curve
 
 
 def _image(ax, image, title):
@@ -26,6 +32,8 @@ def plot_attack_traces(conf_traces, norm_traces, images, titles):
     -------
     fig : matplotlib Figure
     """
+    import matplotlib.pyplot as plt
+
     n = len(images)
     fig, axes = plt.subplots(2, n, figsize=(5 * n, 6), gridspec_kw={"height_ratios": [1, 1.4]},
                              squeeze=False)
@@ -43,7 +51,7 @@ def plot_attack_traces(conf_traces, norm_traces, images, titles):
     return fig
 
 
-def plot_histograms(values, is_error, names):
+def plot_histograms(values, is_error, names, *, log_panels=()):
     """Histograms of each score for correct and incorrect predictions.
 
     Parameters
@@ -52,17 +60,48 @@ def plot_histograms(values, is_error, names):
     is_error : ndarray of bool, shape (n_samples,)
     names : list of str
         Axis labels, one per array in ``values``.
+    log_panels : collection of str, default=()
+        Names of the panels drawn with a logarithmic x axis and log-spaced
+        bins, for heavy-tailed scores (such as ``|r|`` or ``1 - max_softmax``)
+        that would otherwise fill one bin; their y axis is the density of
+        ``log10`` of the score. Values <= 0 cannot be placed on such an axis:
+        they are left out, and the axis label says how many.
 
     Returns
     -------
     fig : matplotlib Figure
     """
+    import matplotlib.pyplot as plt
+
+    unknown = set(log_panels) - set(names)
+    if unknown:
+        raise ValueError(f"log_panels names panels that do not exist: {sorted(unknown)}; "
+                         f"the panels are {list(names)}.")
+    is_error = np.asarray(is_error, dtype=bool)
     fig, axes = plt.subplots(1, len(values), figsize=(4 * len(values), 3.2), squeeze=False)
     for ax, v, name in zip(axes[0], values, names):
-        bins = np.histogram_bin_edges(v, bins=40)
-        ax.hist(v[~is_error], bins=bins, density=True, alpha=0.6, label="correct")
-        ax.hist(v[is_error], bins=bins, density=True, alpha=0.6, label="incorrect")
-        ax.set_xlabel(name)
+        v = np.asarray(v, dtype=float)
+        label = name
+        if name in log_panels:
+            shown = v > 0
+            if not shown.any():
+                raise ValueError(f"Panel {name!r} has no positive value to draw on a log axis.")
+            if not shown.all():
+                label = f"{name} ({int((~shown).sum())} values <= 0 not shown)"
+            low, high = v[shown].min(), v[shown].max()
+            bins = np.geomspace(low, high, 41) if high > low else np.geomspace(low / 2, low * 2, 41)
+            ax.set_xscale("log")
+        else:
+            shown = np.ones(len(v), dtype=bool)
+            bins = np.histogram_bin_edges(v, bins=40)
+        # On a log axis, a density in x would shrink the wide bins on the right:
+        # show the density of log10(x) instead, which equal-looking bins share.
+        scale = 1 / np.log10(bins[1] / bins[0]) if name in log_panels else None
+        for group, group_label in ((shown & ~is_error, "correct"), (shown & is_error, "incorrect")):
+            weights = None if scale is None else np.full(group.sum(), scale / max(group.sum(), 1))
+            ax.hist(v[group], bins=bins, weights=weights, density=scale is None, alpha=0.6,
+                    label=group_label)
+        ax.set_xlabel(label)
     axes[0, 0].set_ylabel("density")
     axes[0, 0].legend()
     fig.tight_layout()
@@ -85,6 +124,8 @@ def plot_roc_curves(is_error, scores, *, ax=None, title="Detecting the net's err
     -------
     fig : matplotlib Figure
     """
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 5)) if ax is None else (ax.figure, ax)
     for name, score in scores.items():
         last = name == list(scores)[-1]
@@ -102,6 +143,8 @@ def plot_image_grid(images, titles, columns=8):
     -------
     fig : matplotlib Figure
     """
+    import matplotlib.pyplot as plt
+
     rows = max(1, -(-len(images) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 2.1 * rows), squeeze=False)
     for ax in axes.flat:
@@ -127,6 +170,8 @@ def plot_boxplots(groups, names):
     -------
     fig : matplotlib Figure
     """
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(names), figsize=(max(3.6, 0.45 * len(groups) + 1.2)
                                                      * len(names), 4.8), squeeze=False)
     for j, (ax, name) in enumerate(zip(axes[0], names)):
@@ -156,6 +201,8 @@ def plot_curves(x, panels, *, xlabel="epoch", log_panels=()):
     -------
     fig : matplotlib Figure
     """
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, lines) in zip(axes[0], panels.items()):
         colours = {}
@@ -174,3 +221,189 @@ def plot_curves(x, panels, *, xlabel="epoch", log_panels=()):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+class RiskCoverageDisplay:
+    """Risk-coverage curve of an error score, in the style of scikit-learn's Displays.
+
+    Create it with :meth:`from_predictions` or :meth:`from_estimator`; the
+    constructor only stores its arguments. Errors are the positive class and a
+    higher score means more likely an error (see :mod:`resistclf.metrics`).
+
+    Parameters
+    ----------
+    coverage : ndarray of shape (n_thresholds,)
+        Fraction of samples accepted, from :func:`~resistclf.metrics.risk_coverage_curve`.
+    selective_risk : ndarray of shape (n_thresholds,)
+        Fraction of errors among the accepted samples.
+    aurc : float or None, default=None
+        Area under the curve, shown in the legend; None shows no area.
+    name : str or None, default=None
+        Name of the score, for the legend.
+
+    Attributes
+    ----------
+    line_ : matplotlib Line2D
+        The risk-coverage curve.
+    optimal_ : matplotlib Line2D or None
+        The curve of a score that ranks every error last, if drawn.
+    ax_ : matplotlib Axes
+        Axes with the curve.
+    figure_ : matplotlib Figure
+        Figure containing the curve.
+
+    See Also
+    --------
+    resistclf.metrics.risk_coverage_curve : The curve's points.
+    resistclf.metrics.aurc : The area under it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from resistclf.plotting import RiskCoverageDisplay
+    >>> is_error = np.array([False, False, True, False, True])
+    >>> error_score = np.array([0.1, 0.2, 0.9, 0.3, 0.4])
+    >>> display = RiskCoverageDisplay.from_predictions(is_error, error_score, name="score")
+    >>> display.line_.get_xdata()
+    array([0.2, 0.4, 0.6, 0.8, 1. ])
+    """
+
+    def __init__(self, *, coverage, selective_risk, aurc=None, name=None):
+        self.coverage = coverage
+        self.selective_risk = selective_risk
+        self.aurc = aurc
+        self.name = name
+
+    def plot(self, ax=None, *, name=None, plot_optimal=False, optimal_kw=None, **kwargs):
+        """Draw the curve.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes or None, default=None
+            Where to draw; None makes a new figure.
+        name : str or None, default=None
+            Name for the legend; None uses the ``name`` given at construction.
+        plot_optimal : bool, default=False
+            Also draw the curve of a score that ranks every error last on the
+            same samples: risk ``max(0, 1 - (1 - r) / coverage)``, with ``r``
+            the error rate (the risk at coverage 1).
+        optimal_kw : dict or None, default=None
+            Keyword arguments for matplotlib's ``plot`` of the optimal curve.
+        **kwargs : dict
+            Keyword arguments for matplotlib's ``plot`` of the curve.
+
+        Returns
+        -------
+        display : RiskCoverageDisplay
+            With ``line_``, ``optimal_``, ``ax_`` and ``figure_`` set.
+        """
+        import matplotlib.pyplot as plt
+
+        if len(self.coverage) != len(self.selective_risk) or len(self.coverage) == 0:
+            raise ValueError(
+                f"coverage and selective_risk must be non-empty and of one length; got "
+                f"{len(self.coverage)} and {len(self.selective_risk)}."
+            )
+        name = self.name if name is None else name
+        if ax is None:
+            _, ax = plt.subplots()
+        area = None if self.aurc is None else f"AURC = {self.aurc:.4f}"
+        label = f"{name} ({area})" if name and area else name or area
+        self.line_ = ax.plot(self.coverage, self.selective_risk, label=label or None,
+                             **kwargs)[0]
+        self.optimal_ = None
+        if plot_optimal:
+            error_rate = self.selective_risk[np.argmax(self.coverage)]
+            coverage = np.linspace(0, 1, 201)[1:]
+            optimal = np.maximum(0, 1 - (1 - error_rate) / coverage)
+            self.optimal_ = ax.plot(coverage, optimal, **{
+                "color": "black", "linestyle": "--", "linewidth": 1, "label": "optimal",
+                **(optimal_kw or {})})[0]
+        ax.set(xlabel="Coverage (fraction accepted)", ylabel="Selective risk (error rate)",
+               xlim=(0, 1.01))
+        if label or plot_optimal:
+            ax.legend(loc="upper left")
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+    @classmethod
+    def from_predictions(cls, is_error, error_score, *, name=None, ax=None, plot_optimal=False,
+                         optimal_kw=None, **kwargs):
+        """Plot the risk-coverage curve of an error score.
+
+        Parameters
+        ----------
+        is_error : array-like of bool, shape (n_samples,)
+            Whether the net's prediction is wrong.
+        error_score : array-like of shape (n_samples,)
+            Higher means more likely an error.
+        name : str or None, default=None
+            Name of the score, for the legend.
+        ax : matplotlib Axes or None, default=None
+            Where to draw; None makes a new figure.
+        plot_optimal : bool, default=False
+            Also draw the curve of a score that ranks every error last.
+        optimal_kw : dict or None, default=None
+            Keyword arguments for matplotlib's ``plot`` of the optimal curve.
+        **kwargs : dict
+            Keyword arguments for matplotlib's ``plot`` of the curve.
+
+        Returns
+        -------
+        display : RiskCoverageDisplay
+        """
+        coverage, selective_risk, _ = risk_coverage_curve(is_error, error_score)
+        display = cls(coverage=coverage, selective_risk=selective_risk,
+                      aurc=_aurc(is_error, error_score), name=name)
+        return display.plot(ax, plot_optimal=plot_optimal, optimal_kw=optimal_kw, **kwargs)
+
+    @classmethod
+    def from_estimator(cls, estimator, X, y, *, name=None, ax=None, plot_optimal=False,
+                       optimal_kw=None, **kwargs):
+        """Plot the risk-coverage curve of a fitted classifier's own error score.
+
+        For an estimator with ``predict_error_proba`` (such as
+        :class:`~resistclf.ResistanceClassifier`), the error score is
+        ``predict_error_proba(X)`` and the prediction judged is the net's own,
+        ``classes_[argmax(predict_proba(X))]``, not the corrected one. For any
+        other classifier, the prediction is ``predict(X)`` and the error score
+        is ``1 - max(predict_proba(X))``.
+
+        Parameters
+        ----------
+        estimator : fitted classifier
+            With ``predict_error_proba`` and ``predict_proba``, or with
+            ``predict`` and ``predict_proba``.
+        X : array-like of shape (n_samples, ...)
+        y : array-like of shape (n_samples,)
+            True labels.
+        name : str or None, default=None
+            Name for the legend; None uses the estimator's class name.
+        ax : matplotlib Axes or None, default=None
+            Where to draw; None makes a new figure.
+        plot_optimal : bool, default=False
+            Also draw the curve of a score that ranks every error last.
+        optimal_kw : dict or None, default=None
+            Keyword arguments for matplotlib's ``plot`` of the optimal curve.
+        **kwargs : dict
+            Keyword arguments for matplotlib's ``plot`` of the curve.
+
+        Returns
+        -------
+        display : RiskCoverageDisplay
+        """
+        if not hasattr(estimator, "predict_proba"):
+            raise TypeError(
+                f"{type(estimator).__name__} has no predict_proba: RiskCoverageDisplay "
+                f"needs predict_error_proba or predict_proba for an error score."
+            )
+        if hasattr(estimator, "predict_error_proba"):
+            error_score = estimator.predict_error_proba(X)
+            prediction = estimator.classes_[np.argmax(estimator.predict_proba(X), axis=1)]
+        else:
+            prediction = estimator.predict(X)
+            error_score = 1 - np.max(estimator.predict_proba(X), axis=1)
+        is_error = prediction != np.asarray(y)
+        name = type(estimator).__name__ if name is None else name
+        return cls.from_predictions(is_error, error_score, name=name, ax=ax,
+                                    plot_optimal=plot_optimal, optimal_kw=optimal_kw, **kwargs)
