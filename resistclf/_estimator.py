@@ -352,21 +352,24 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
                 stacklevel=3,
             )
             detector = DummyClassifier(strategy="prior")
-        self.detector_ = detector.fit(features, error)
-
-        if self.threshold != "auto":
-            self.threshold_ = float(self.threshold)
-        elif n_minority < 2:
-            self.threshold_ = np.inf
-        else:
-            folds = StratifiedKFold(
-                n_splits=min(THRESHOLD_FOLDS, n_minority), shuffle=True, random_state=rng
-            )
-            proba = cross_val_predict(
-                clone(detector), features, error, cv=folds, method="predict_proba"
-            )[:, 1]
-            gain = (results.adversarial_class == y_idx).astype(int) - (~error).astype(int)
-            self.threshold_ = _best_threshold(proba, gain)
+        with warnings.catch_warnings():
+            # The default detector's quantiles: fewer samples than quantiles is expected here.
+            warnings.filterwarnings("ignore", "n_quantiles .* is greater than the total number",
+                                    UserWarning)
+            self.detector_ = detector.fit(features, error)
+            if self.threshold != "auto":
+                self.threshold_ = float(self.threshold)
+            elif n_minority < 2:
+                self.threshold_ = np.inf
+            else:
+                folds = StratifiedKFold(
+                    n_splits=min(THRESHOLD_FOLDS, n_minority), shuffle=True, random_state=rng
+                )
+                proba = cross_val_predict(
+                    clone(detector), features, error, cv=folds, method="predict_proba"
+                )[:, 1]
+                gain = (results.adversarial_class == y_idx).astype(int) - (~error).astype(int)
+                self.threshold_ = _best_threshold(proba, gain)
 
     # ------------------------------------------------------------- predict
 

@@ -156,7 +156,7 @@ def plot_image_grid(images, titles, columns=8):
     return fig
 
 
-def plot_boxplots(groups, names):
+def plot_boxplots(groups, names, *, log_panels=()):
     """Box plots of several scores, one panel per score, one box per group of samples.
 
     Parameters
@@ -165,6 +165,9 @@ def plot_boxplots(groups, names):
         Group name (for example "clean" or an attack) to one array per score.
     names : list of str
         The scores' names, one panel each.
+    log_panels : collection of str, default=()
+        Names of the panels drawn with a logarithmic y axis, for heavy-tailed
+        scores; values <= 0 are masked there.
 
     Returns
     -------
@@ -179,6 +182,8 @@ def plot_boxplots(groups, names):
         ax.set_xticks(range(1, len(groups) + 1), list(groups), rotation=40, ha="right",
                       fontsize=7)
         ax.set_ylabel(name)
+        if name in log_panels:
+            ax.set_yscale("log", nonpositive="mask")
     fig.tight_layout()
     return fig
 

@@ -5,7 +5,13 @@ import pytest
 
 from resistclf import ResistanceAttack
 from resistclf.datasets import load_mnist
+from resistclf.reports import reproduce
+from resistclf.reports._detection import COMPLEMENTS
+from resistclf.reports._reference import ATTACK_MODES, FAST_MODE
 from resistclf.reports.reproduce import run_reproduce
+from resistclf.scores import SOFTMAX_SCORES
+
+from .conftest import copy_net
 
 
 def test_fake_mnist_loads_through_torchvision(fake_mnist_root):
@@ -18,18 +24,34 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
     results = run_reproduce("mnist", fake_mnist_root, out=out, limit=150, max_iter=30,
                             n_resamples=30, verbose=False)
     for name in ["report.md", "results.json", "traces.png", "histograms.png", "roc.png",
-                 "errors.png", "net.pt", "attack-cache.npz"]:
+                 "risk_coverage.png", "errors.png", "net.pt", "attack-cache.npz",
+                 "competitors.npz", "competitors.json"]:
         assert (out / name).exists(), name
     saved = json.loads((out / "results.json").read_text())
-    assert saved["n_test"] == 150 and saved["n_train"] == 1000
-    assert set(saved["detection"]) >= {"Res_N", "Res_max", "Res_min", "max-softmax",
-                                       "LR(resistance), out-of-fold"}
+    assert saved["n_test"] == 150 and saved["n_train"] == 1000 and saved["mode"] == "exact"
+    assert list(saved["detection"]) == [
+        "Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", *SOFTMAX_SCORES,
+        "input-space margin", "DeepFool distance", "LR(resistance + max-softmax)",
+        "HGB(softmax)", "HGB(softmax + resistance)", "HGB(softmax + distances)",
+        "HGB(softmax + distances + resistance)"]
+    for metrics in saved["detection"].values():
+        assert set(metrics) == {"auroc", "aurc", "eaurc", "augrc", "fpr_at_95_tpr"}
+        low, high = metrics["aurc"]["ci"]
+        assert low <= metrics["aurc"]["value"] <= high
+    assert set(saved["complementarity"]) == set(COMPLEMENTS)
+    for row in saved["complementarity"].values():
+        assert row["auroc"]["verdict"] in {"adds", "loses", "no difference"}
+    assert saved["cost"]["Res_N"] == {"forward": 31, "backward": 30,
+                                      "seconds": results["seconds"]["attack the test set"]}
+    assert saved["cost"]["input-space margin"]["backward"] == 9
     errors = saved["errors"]["count"]
     assert saved["correction"]["adversarial_class_is_true"]["of"] == errors
     low, high = saved["errors"]["ci"]
     assert low <= saved["errors"]["value"] <= high
     report = (out / "report.md").read_text()
-    assert "write-up" in report and "max-softmax" in report and "top-5 error" in report
+    for phrase in ["write-up", "max-softmax", "top-5 error", "exact mode", "AURC ×1000",
+                   "Does resistance add anything beyond the softmax?", "DeepFool distance"]:
+        assert phrase in report, phrase
 
     net_bytes = (out / "net.pt").read_bytes()
     attack = ResistanceAttack.__call__
@@ -39,6 +61,7 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
         return attack(self, module, X, **kwargs)
 
     monkeypatch.setattr(ResistanceAttack, "__call__", traces_only)
+    monkeypatch.setattr(reproduce, "competitor_scores", None)  # cached: never called
     again = run_reproduce("mnist", fake_mnist_root, out=out, limit=150, max_iter=30,
                           n_resamples=30, verbose=False)
     assert (out / "net.pt").read_bytes() == net_bytes
@@ -56,3 +79,15 @@ def test_reproduce_missing_data_says_what_to_do(tmp_path):
 def test_reproduce_unknown_dataset_raises(tmp_path):
     with pytest.raises(ValueError, match="dataset must be one of"):
         run_reproduce("cifar", tmp_path, out=tmp_path / "out", verbose=False)
+
+
+def test_reproduce_fast_runs_the_fast_mode_and_says_so(fake_mnist_root, fake_mnist_net,
+                                                        tmp_path):
+    out = tmp_path / "fast"
+    copy_net(fake_mnist_net, out)
+    results = run_reproduce("mnist", fake_mnist_root, out=out, limit=60, max_iter=20,
+                            n_resamples=10, fast=True, verbose=False)
+    assert results["mode"] == FAST_MODE != "exact"
+    for key, value in ATTACK_MODES[FAST_MODE].items():
+        assert results["attack"][key] == value, key
+    assert f"**fast mode** (`--fast`: {FAST_MODE}" in (out / "report.md").read_text()

@@ -43,25 +43,23 @@ def competitor_scores(module, logits, X, *, batch_size=256):
         Per score family: ``forward`` and ``backward`` passes per image, and ``seconds``.
     deepfool_result : DeepFoolResult
     """
-    n_classes = logits.shape[1]
     start = time.perf_counter()
     scores = softmax_scores(logits)
     softmax_seconds = time.perf_counter() - start
     cost = {name: {"forward": 1, "backward": 0, "seconds": None} for name in scores}
+    cost["softmax-derived (all eight)"] = {"forward": 1, "backward": 0,
+                                           "seconds": softmax_seconds}
     X = torch.from_numpy(np.array(X, dtype=np.float32))
     start = time.perf_counter()
-    margin = input_margin(module, X, batch_size=batch_size)
-    cost["input-space margin"] = {"forward": 1, "backward": n_classes,
+    scores["input-space margin"] = -input_margin(module, X, batch_size=batch_size)
+    cost["input-space margin"] = {"forward": 1, "backward": logits.shape[1] - 1,
                                   "seconds": time.perf_counter() - start}
     start = time.perf_counter()
     fooled = deepfool(module, X, batch_size=batch_size)
-    cost["DeepFool distance"] = {"forward": float(np.mean(fooled.n_iter + 1)),
-                                 "backward": float(np.mean(fooled.n_iter * n_classes)),
-                                 "seconds": time.perf_counter() - start}
-    scores["input-space margin"] = -margin
     scores["DeepFool distance"] = -fooled.distance
-    cost["softmax-derived (all eight)"] = {"forward": 1, "backward": 0,
-                                           "seconds": softmax_seconds}
+    cost["DeepFool distance"] = {"forward": float(np.mean(fooled.forward_passes)),
+                                 "backward": float(np.mean(fooled.backward_passes)),
+                                 "seconds": time.perf_counter() - start}
     return scores, cost, fooled
 
 
@@ -110,30 +108,28 @@ def score_metrics(is_error, scores, *, n_resamples, seed):
     results = {}
     for name, score in scores.items():
         values = detection_metrics(is_error, score)
-        results[name] = {
-            key: {"value": values[key],
-                  "ci": bootstrap_interval(lambda e, s, key=key: detection_metrics(e, s)[key],
-                                           is_error, score, n_resamples=n_resamples,
-                                           random_state=seed)}
-            for key in METRICS}
+        intervals = bootstrap_interval(detection_metrics, is_error, score,
+                                       n_resamples=n_resamples, random_state=seed)
+        results[name] = {key: {"value": values[key], "ci": intervals[key]} for key in METRICS}
     return results
 
 
 def complementarity(is_error, scores, *, n_resamples, seed):
     """Paired bootstrap differences in AUROC and AURC of each pair of ``COMPLEMENTS``."""
+    def differences(e, a, b):
+        with_, without = detection_metrics(e, a), detection_metrics(e, b)
+        return {key: with_[key] - without[key] for key in ("auroc", "aurc")}
+
     results = {}
     for name, (with_, without) in COMPLEMENTS.items():
+        values = differences(is_error, scores[with_], scores[without])
+        intervals = bootstrap_interval(differences, is_error, scores[with_], scores[without],
+                                       n_resamples=n_resamples, random_state=seed)
         row = {"with": with_, "without": without}
-        for key in ("auroc", "aurc"):
-            def difference(e, a, b, key=key):
-                return detection_metrics(e, a)[key] - detection_metrics(e, b)[key]
-
-            value = difference(is_error, scores[with_], scores[without])
-            low, high = bootstrap_interval(difference, is_error, scores[with_], scores[without],
-                                           n_resamples=n_resamples, random_state=seed)
+        for key, (low, high) in intervals.items():
             better = low > 0 if key == "auroc" else high < 0
             worse = high < 0 if key == "auroc" else low > 0
-            row[key] = {"difference": value, "ci": (low, high),
+            row[key] = {"difference": values[key], "ci": (low, high),
                         "verdict": "adds" if better else "loses" if worse else "no difference"}
         results[name] = row
     return results

@@ -42,6 +42,8 @@ NETS = {
     "MLP": ("mlp.pt", MLP, 1.0),
     "CNN, quarter of the data": ("cnn-quarter.pt", SimpleCNN, 0.25),
 }
+#: The panels of the box plots, every one on a log axis.
+BOXES = ["Res_N", "Res_max", "Res_min (steps)", "Res_mean", "1 - max-softmax (baseline)"]
 #: The scores compared across the networks in the overview table.
 OVERVIEW = ["Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", "max-softmax",
             "input-space margin", "DeepFool distance", "HGB(softmax + resistance)"]
@@ -205,9 +207,7 @@ def _figures(attacked, scores):
                                               result.res_min[mask].astype(float),
                                               result.res_mean[mask], 1 - result.conf0[mask]]
     return {"risk_coverage": curves,
-            "features": plot_boxplots(groups, ["Res_N", "Res_max", "Res_min (steps)",
-                                               "Res_mean", "1 - max-softmax (baseline)"],
-                                      log=True)}
+            "features": plot_boxplots(groups, BOXES, log_panels=BOXES)}
 
 
 def _markdown(r):

@@ -149,7 +149,6 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
     with _phase("metrics and bootstrap intervals", timings, verbose):
         results = _analyse(dataset, clf, y_test, logits, result, top5, corrected_pred, fooled,
                            is_error, scores, seed, n_resamples)
-    cost.update(_resistance_cost(attack, timings, len(X_test)))
     with _phase("traces of a hard and an easy image", timings, verbose):
         hard, easy = _hard_and_easy(result, is_error)
         traced = clone(attack).set_params(verbose=False, n_jobs=None, early_exit=None)(
@@ -159,13 +158,13 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
         "n_test": int(len(X_test)), "net": net_info, "attack": attack.get_params(),
         "mode": mode, "threshold_folds": FOLDS, "n_resamples": n_resamples,
         "environment": environment(), "traced_images": {"hard": int(hard), "easy": int(easy)},
-        "cost": cost,
     })
     with _phase("figures and report", timings, verbose):
         figures = _figures(is_error, scores, X_test, y_test, clf.classes_, logits, result,
                            traced, hard, easy)
     keep_first_timings(out, timings, cached)
     results["seconds"] = timings
+    results["cost"] = {**cost, **_resistance_cost(attack, timings)}
     write_report(out, _markdown(results), results, figures)
     return results
 
@@ -184,8 +183,9 @@ def _competitors(module, logits, X, path, net_info):
     saved = read_arrays(path, key)
     if saved is not None:
         arrays, cost = saved
-        fooled = DeepFoolResult(**{k.removeprefix("deepfool_"): v for k, v in arrays.items()
-                                   if k.startswith("deepfool_")})
+        fooled = {k.removeprefix("deepfool_"): v for k, v in arrays.items()
+                  if k.startswith("deepfool_")}
+        fooled = DeepFoolResult(**{**fooled, "n_classes": int(fooled["n_classes"])})
         return {k: v for k, v in arrays.items() if not k.startswith("deepfool_")}, cost, fooled
     scores, cost, fooled = competitor_scores(module, logits, X)
     write_arrays(path, key, {**scores, **{f"deepfool_{f.name}": getattr(fooled, f.name)
@@ -203,7 +203,7 @@ def _scores(result, competitors, is_error, folds, seed):
             **distances, **learned}
 
 
-def _resistance_cost(attack, timings, n_images):
+def _resistance_cost(attack, timings):
     """Passes per image of the resistance attack, and its measured time on the test set."""
     seconds = timings.get("attack the test set")
     passes = {"forward": attack.max_iter + 1, "backward": attack.max_iter,
@@ -298,6 +298,8 @@ def _hard_and_easy(result, is_error):
     return at_quantile(~is_error, 0.9), at_quantile(easy_pool, 0.5)
 
 
+#: The panels of the histograms figure, every one on a log axis.
+HISTOGRAMS = ["Res_N", "Res_max", "Res_min (steps)", "Res_mean", "1 - max-softmax (baseline)"]
 #: The scores drawn in the ROC and risk-coverage figures.
 SHOWN = ["Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", "max-softmax",
          "input-space margin", "DeepFool distance", "HGB(softmax + resistance)"]
@@ -319,8 +321,7 @@ def _figures(is_error, scores, X, y, classes, logits, result, traced, hard, easy
         "histograms": plot_histograms(
             [result.res_n, result.res_max, result.res_min.astype(float), result.res_mean,
              scores["max-softmax"]],
-            is_error, ["Res_N", "Res_max", "Res_min (steps)", "Res_mean",
-                       "1 - max-softmax (baseline)"], log=True),
+            is_error, HISTOGRAMS, log_panels=HISTOGRAMS),
         "roc": plot_roc_curves(is_error, {name: scores[name] for name in SHOWN}),
         "risk_coverage": risk_coverage_figure(is_error, scores, SHOWN,
                                               title="Risk against coverage"),
