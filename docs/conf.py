@@ -94,7 +94,7 @@ sphinx_gallery_conf = {
 }
 # The examples' nets are tiny (8x8 digits): a second torch thread buys little, and on a
 # busy machine torch's threads wait for each other. On the shared 2-core development
-# machine, plot_quickstart.py took 52 s with one thread and over 9 minutes with two.
+# machine (load about 10), plot_quickstart.py took 52 s with one thread, 794 s with two.
 torch.set_num_threads(1)
 
 # -- Markdown (the study's reports) ----------------------------------------------
