@@ -68,7 +68,7 @@ class ResistanceMonitor(Callback):
     >>> X, y = load_digits_images()
     >>> monitor = ResistanceMonitor(X[:32], y[:32],
     ...                             attack=ResistanceAttack(max_iter=20, batch_size=32))
-    >>> net = make_net(SimpleCNN, image_size=8, max_epochs=2, callbacks=[monitor])
+    >>> net = make_net(SimpleCNN, image_size=8, max_epochs=2).set_params(callbacks=[monitor])
     >>> net = net.fit(X[32:500], y[32:500])
     >>> len(net.history[:, "resistance_auroc_res_n"])
     2
