@@ -80,8 +80,6 @@ sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",
-    # Until resistclf.scores and RiskCoverageDisplay are merged; then delete this line.
-    "ignore_pattern": r"__init__\.py|plot_risk_coverage\.py",
     "doc_module": "resistclf",
     "backreferences_dir": os.path.join("generated", "backreferences"),
     "reference_url": {"resistclf": None},

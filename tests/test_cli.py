@@ -1,8 +1,11 @@
 import json
+from importlib import import_module
+from pathlib import Path
 
 import pytest
 
 from resistclf.cli import main
+from resistclf.reports._reference import ATTACK_MODES, FAST_MODE
 
 
 def test_cli_demo_prints_table_and_writes_json(tmp_path, capsys):
@@ -25,3 +28,26 @@ def test_cli_rejects_bad_arguments(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["reproduce", "adversarial", "dynamics", "compare"])
+def test_cli_study_commands_pass_the_attack_options(command, monkeypatch):
+    module = import_module(f"resistclf.reports.{command}")
+    seen = {}
+    monkeypatch.setattr(module, f"run_{command}", lambda *args, **kwargs: seen.update(kwargs))
+    if command == "adversarial":
+        monkeypatch.setattr(module, "import_torchattacks", lambda: None)
+    main([command, "--dataset", "mnist", "--root", "data", "--fast", "--n-jobs", "3",
+          "--scheduler", "tcp://scheduler:8786", "--quiet"])
+    assert (seen["fast"], seen["n_jobs"], seen["scheduler"]) == (True, 3,
+                                                                 "tcp://scheduler:8786")
+    seen.clear()
+    main([command, "--dataset", "mnist", "--root", "data", "--quiet"])
+    assert (seen["fast"], seen["n_jobs"], seen["scheduler"]) == (False, None, None)
+
+
+def test_cli_fast_mode_is_the_one_the_committed_benchmark_found():
+    # --fast must use the mode the benchmark judged equivalent, not a guess.
+    bench = Path(__file__).parents[1] / "docs" / "results" / "bench" / "bench.json"
+    assert json.loads(bench.read_text())["fast_mode"] == FAST_MODE
+    assert FAST_MODE in ATTACK_MODES and FAST_MODE != "exact"
