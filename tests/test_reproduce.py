@@ -41,7 +41,7 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
     assert set(saved["complementarity"]) == set(COMPLEMENTS)
     for row in saved["complementarity"].values():
         assert row["auroc"]["verdict"] in {"adds", "loses", "no difference"}
-    assert saved["cost"]["Res_N"] == {"forward": 31, "backward": 30,
+    assert saved["cost"]["Res_N"] == {"forward": 31, "backward": 30, "at_most": False,
                                       "seconds": results["seconds"]["attack the test set"]}
     assert saved["cost"]["input-space margin"]["backward"] == 9
     errors = saved["errors"]["count"]

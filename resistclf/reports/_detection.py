@@ -6,7 +6,10 @@ on the same folds. The complementarity test asks whether the resistance features
 to what the softmax already gives, with a learner that no monotone transform can fool.
 """
 
+import hashlib
+import json
 import time
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -15,8 +18,8 @@ from sklearn.model_selection import cross_val_predict
 
 from .. import make_detector
 from ..metrics import bootstrap_interval, detection_metrics
-from ..scores import deepfool, input_margin, softmax_scores
-from ._report import table, with_interval
+from ..scores import DeepFoolResult, deepfool, input_margin, softmax_scores
+from ._report import read_arrays, table, with_interval, write_arrays
 
 METRICS = {"auroc": "AUROC", "aurc": "AURC", "eaurc": "E-AURC", "augrc": "AUGRC",
            "fpr_at_95_tpr": "FPR at 95% TPR"}
@@ -60,6 +63,27 @@ def competitor_scores(module, logits, X, *, batch_size=256):
     cost["DeepFool distance"] = {"forward": float(np.mean(fooled.forward_passes)),
                                  "backward": float(np.mean(fooled.backward_passes)),
                                  "seconds": time.perf_counter() - start}
+    return scores, cost, fooled
+
+
+def cached_competitor_scores(path, net_info, module, logits, X):
+    """:func:`competitor_scores`, cached in ``path``.npz with their cost in ``path``.json.
+
+    The cache is keyed by how the net was trained (``net_info``) and the images' bytes.
+    """
+    key = json.dumps({"net": {k: v for k, v in net_info.items() if k != "train_seconds"},
+                      "images": hashlib.blake2b(np.ascontiguousarray(X).tobytes(),
+                                                digest_size=16).hexdigest()}, sort_keys=True)
+    saved = read_arrays(path, key)
+    if saved is not None:
+        arrays, cost = saved
+        fooled = {k.removeprefix("deepfool_"): v for k, v in arrays.items()
+                  if k.startswith("deepfool_")}
+        fooled = DeepFoolResult(**{**fooled, "n_classes": int(fooled["n_classes"])})
+        return {k: v for k, v in arrays.items() if not k.startswith("deepfool_")}, cost, fooled
+    scores, cost, fooled = competitor_scores(module, logits, X)
+    write_arrays(path, key, {**scores, **{f"deepfool_{f.name}": getattr(fooled, f.name)
+                                          for f in fields(fooled)}}, cost)
     return scores, cost, fooled
 
 
@@ -149,7 +173,8 @@ def detection_markdown(metrics, groups, cost):
         if c is None:
             return ""
         seconds = "" if c["seconds"] is None else f", {c['seconds']:.0f} s"
-        return f"{c['forward']:.3g} F + {c['backward']:.3g} B{seconds}"
+        bound = "≤ " if c.get("at_most") else ""
+        return f"{bound}{c['forward']:.3g} F + {bound}{c['backward']:.3g} B{seconds}"
 
     rows = []
     for group, names in groups.items():

@@ -20,7 +20,7 @@ from ..scores import SOFTMAX_SCORES
 from ._detection import (
     ATTACK_DISTANCES,
     RESISTANCE,
-    competitor_scores,
+    cached_competitor_scores,
     complementarity,
     complementarity_markdown,
     detection_markdown,
@@ -122,9 +122,12 @@ def run_compare(dataset, root, *, out, download=False, seed=0, limit=1000, max_i
         cached += [phase_name] if len(cache) == before else []
 
     analysis, scores = {}, {}
-    for name, net in nets.items():
+    for (name, net), (file, _, _) in zip(nets.items(), NETS.values()):
         with _phase(f"competitors, learned detectors and metrics: {name}", timings, verbose):
-            analysis[name], scores[name] = _analyse(net.module_, attacked[name], logits[name], X,
+            competitors = cached_competitor_scores(
+                out / f"competitors-{Path(file).stem}", infos[name], net.module_, logits[name],
+                X)
+            analysis[name], scores[name] = _analyse(attacked[name], logits[name], competitors,
                                                     y, seed, n_resamples)
     results = {
         "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
@@ -140,12 +143,12 @@ def run_compare(dataset, root, *, out, download=False, seed=0, limit=1000, max_i
     return results
 
 
-def _analyse(module, result, logits, X, y, seed, n_resamples):
+def _analyse(result, logits, competitors, y, seed, n_resamples):
     """One net's accuracy, resistance and error detection on the test images."""
     is_error = result.c0 != y
     errors = np.flatnonzero(is_error)
     second = softmax_topk(logits, np.arange(logits.shape[1]), 2)[:, 1]
-    competitors, cost, fooled = competitor_scores(module, logits, X)
+    competitors, cost, fooled = competitors
     n_errors = int(is_error.sum())
     summary = {
         "accuracy": rate(~is_error, n_resamples=n_resamples, seed=seed),

@@ -5,9 +5,6 @@ network's own softmax gives: max-softmax for detection, the softmax second choic
 correction, softmax top-k for top-k.
 """
 
-import hashlib
-import json
-from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
@@ -20,11 +17,11 @@ from sklearn.model_selection import StratifiedKFold
 from .. import AttackCache, ResistanceAttack, ResistanceClassifier
 from ..metrics import bootstrap_interval, softmax_topk
 from ..plotting import plot_attack_traces, plot_histograms, plot_image_grid, plot_roc_curves
-from ..scores import SOFTMAX_SCORES, DeepFoolResult
+from ..scores import SOFTMAX_SCORES
 from ._detection import (
     ATTACK_DISTANCES,
     RESISTANCE,
-    competitor_scores,
+    cached_competitor_scores,
     complementarity,
     complementarity_markdown,
     detection_markdown,
@@ -41,10 +38,8 @@ from ._report import (
     keep_first_timings,
     parallel_backend,
     phase,
-    read_arrays,
     table,
     with_interval,
-    write_arrays,
     write_report,
 )
 
@@ -136,8 +131,8 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
     with _phase("the competitors: softmax-derived scores, input-space margin, DeepFool",
                 timings, verbose):
         logits = net.forward(X_test, training=False).numpy()
-        competitors, cost, fooled = _competitors(net.module_, logits, X_test, out / "competitors",
-                                                 net_info)
+        competitors, cost, fooled = cached_competitor_scores(
+            out / "competitors", net_info, net.module_, logits, X_test)
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
     with _phase(f"{FOLDS}-fold cross-validation of detect-then-correct", timings, verbose):
         corrected_pred = np.empty_like(y_test)
@@ -175,24 +170,6 @@ def _tensor(X):
     return torch.from_numpy(np.array(X, dtype=np.float32))
 
 
-def _competitors(module, logits, X, path, net_info):
-    """The competitors' scores, cached in ``path``.npz with their cost in ``path``.json."""
-    key = json.dumps({"net": {k: v for k, v in net_info.items() if k != "train_seconds"},
-                      "images": hashlib.blake2b(np.ascontiguousarray(X).tobytes(),
-                                                digest_size=16).hexdigest()}, sort_keys=True)
-    saved = read_arrays(path, key)
-    if saved is not None:
-        arrays, cost = saved
-        fooled = {k.removeprefix("deepfool_"): v for k, v in arrays.items()
-                  if k.startswith("deepfool_")}
-        fooled = DeepFoolResult(**{**fooled, "n_classes": int(fooled["n_classes"])})
-        return {k: v for k, v in arrays.items() if not k.startswith("deepfool_")}, cost, fooled
-    scores, cost, fooled = competitor_scores(module, logits, X)
-    write_arrays(path, key, {**scores, **{f"deepfool_{f.name}": getattr(fooled, f.name)
-                                          for f in fields(fooled)}}, cost)
-    return scores, cost, fooled
-
-
 def _scores(result, competitors, is_error, folds, seed):
     """Every error score of the report, resistance first."""
     resistance = resistance_scores(result)
@@ -204,12 +181,13 @@ def _scores(result, competitors, is_error, folds, seed):
 
 
 def _resistance_cost(attack, timings):
-    """Passes per image of the resistance attack, and its measured time on the test set."""
-    seconds = timings.get("attack the test set")
+    """Passes per image of the resistance attack, and its measured time on the test set.
+
+    With ``early_exit`` an image stops early, so its passes are an upper bound.
+    """
     passes = {"forward": attack.max_iter + 1, "backward": attack.max_iter,
-              "seconds": seconds}
-    if attack.early_exit is not None:
-        passes.update(forward=f"<= {attack.max_iter + 1}", backward=f"<= {attack.max_iter}")
+              "seconds": timings.get("attack the test set"),
+              "at_most": attack.early_exit is not None}
     return {name: passes for name in (*RESISTANCE, "LR(resistance)")}
 
 
