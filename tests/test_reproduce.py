@@ -5,7 +5,7 @@ import pytest
 
 from resistclf import ResistanceAttack
 from resistclf.datasets import load_mnist
-from resistclf.reports import reproduce
+from resistclf.reports import _detection
 from resistclf.reports._detection import COMPLEMENTS
 from resistclf.reports._reference import ATTACK_MODES, FAST_MODE
 from resistclf.reports.reproduce import run_reproduce
@@ -61,7 +61,7 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
         return attack(self, module, X, **kwargs)
 
     monkeypatch.setattr(ResistanceAttack, "__call__", traces_only)
-    monkeypatch.setattr(reproduce, "competitor_scores", None)  # cached: never called
+    monkeypatch.setattr(_detection, "competitor_scores", None)  # cached: never called
     again = run_reproduce("mnist", fake_mnist_root, out=out, limit=150, max_iter=30,
                           n_resamples=30, verbose=False)
     assert (out / "net.pt").read_bytes() == net_bytes
