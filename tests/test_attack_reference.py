@@ -1,4 +1,4 @@
-"""ResistanceAttack compared, output by output, with the plain float64 reference in reference_attack.
+"""ResistanceAttack compared, output by output, with the plain float64 reference attack.
 
 Two comparisons, because the attack's last phase is chaotic: it bounces across the Conf
 thresholds, and a rounding difference grows by up to a factor of ten a step there (measured on
