@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from resistclf import ResistanceAttack, ResistanceMonitor
 
@@ -102,3 +103,42 @@ def test_monitor_rejects_bad_parameters(params, error, match):
     X_val, y_val = kwargs.pop("X_val"), kwargs.pop("y_val")
     with pytest.raises(error, match=match):
         ResistanceMonitor(X_val, y_val, **kwargs).initialize()
+
+
+def test_monitor_records_detection_and_correction_values(monitored, digits):
+    net, _ = monitored
+    _, _, X_val, y_val = digits
+    X_val, y_val = X_val[:100], y_val[:100]
+    result = FAST(net.module_, torch.from_numpy(X_val))
+    is_error = result.c0 != y_val
+    assert 0 < is_error.sum() < 100
+    last = net.history[-1]
+    assert last["resistance_auroc_res_n"] == pytest.approx(roc_auc_score(is_error, -result.res_n))
+    assert last["resistance_auroc_max_softmax"] == pytest.approx(
+        roc_auc_score(is_error, -result.conf0))
+    assert last["resistance_correction_rate"] == pytest.approx(
+        np.mean(result.adversarial_class[is_error] == y_val[is_error]))
+    assert last["resistance_flip_rate"] == pytest.approx(np.mean(result.flipped))
+    assert last["resistance_res_n_mean_incorrect"] == pytest.approx(
+        result.res_n[is_error].mean())
+    for q in (10, 50, 90):
+        for group, mask in (("correct", ~is_error), ("incorrect", is_error)):
+            assert last[f"resistance_res_n_q{q}_{group}"] == pytest.approx(
+                np.quantile(result.res_n[mask], q / 100)), (q, group)
+    assert last["resistance_seconds"] >= 0
+
+
+def test_monitor_quantiles_and_name_set_the_keys(monitored, digits):
+    net, _ = monitored
+    _, _, X_val, y_val = digits
+    monitor = ResistanceMonitor(X_val[:30], y_val[:30], quantiles=(0.25, 0.975), name="m",
+                                attack=ResistanceAttack(max_iter=10, batch_size=30))
+    monitor.initialize().on_epoch_end(net)
+    assert monitor.keys_[4:8] == ["m_res_n_q25_correct", "m_res_n_q97.5_correct",
+                                  "m_res_n_q25_incorrect", "m_res_n_q97.5_incorrect"]
+    result = ResistanceAttack(max_iter=10, batch_size=30)(net.module_,
+                                                           torch.from_numpy(X_val[:30]))
+    correct = result.c0 == y_val[:30]
+    assert net.history[-1, "m_res_n_q97.5_correct"] == pytest.approx(
+        np.quantile(result.res_n[correct], 0.975))
+    assert net.history[-1, "m_accuracy"] == pytest.approx(correct.mean())
