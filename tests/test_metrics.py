@@ -149,6 +149,11 @@ def test_softmax_topk_orders_by_probability_and_breaks_ties_by_class_order():
     np.testing.assert_array_equal(softmax_topk(proba, classes, 2),
                                   [["b", "c"], ["a", "c"], ["c", "b"]])
     np.testing.assert_array_equal(softmax_topk(proba, classes, 3)[:, 2], ["a", "b", "a"])
+    # Thirty classes, so that a sort that is not stable (quicksort) would reorder the ties.
+    tied = np.full((1, 30), 0.5 / 29)
+    tied[0, 5] = 0.5
+    np.testing.assert_array_equal(softmax_topk(tied, np.arange(30), 30)[0],
+                                  [5, *range(5), *range(6, 30)])
 
 
 def test_softmax_topk_accuracy_matches_sklearn():
@@ -180,12 +185,27 @@ def test_bootstrap_interval_covers_the_true_mean():
 def test_bootstrap_interval_is_scipys_percentile_interval():
     rng = np.random.RandomState(1)
     sample = rng.exponential(size=30)
-    low, high = bootstrap_interval(np.median, sample, n_resamples=300, confidence=0.8,
+    low, high = bootstrap_interval(np.mean, sample, n_resamples=300, confidence=0.8,
                                    random_state=7)
-    expected = scipy.stats.bootstrap((sample,), np.median, n_resamples=300,
+    expected = scipy.stats.bootstrap((sample,), np.mean, n_resamples=300,
                                      confidence_level=0.8, method="percentile",
                                      vectorized=False, random_state=7).confidence_interval
-    assert (low, high) == pytest.approx((expected.low, expected.high))
+    assert (low, high) == pytest.approx((expected.low, expected.high), rel=1e-12)
+    # The defaults: 1000 resamples, 95%, seed 0.
+    expected = scipy.stats.bootstrap((sample,), np.mean, n_resamples=1000,
+                                     confidence_level=0.95, method="percentile",
+                                     vectorized=False, random_state=0).confidence_interval
+    assert bootstrap_interval(np.mean, sample) == pytest.approx((expected.low, expected.high),
+                                                                rel=1e-12)
+
+
+def test_bootstrap_interval_passes_on_the_statistics_warnings():
+    def noisy(sample):
+        warnings.warn("the statistic's own warning", UserWarning, stacklevel=1)
+        return np.mean(sample)
+
+    with pytest.warns(UserWarning, match="the statistic's own warning"):
+        bootstrap_interval(noisy, np.arange(10.0), n_resamples=20)
 
 
 def test_bootstrap_interval_narrows_with_confidence_and_repeats_with_its_seed():
