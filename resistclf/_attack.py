@@ -521,7 +521,9 @@ class ResistanceAttack(BaseEstimator):
                 (grad,) = torch.autograd.grad(raw, r, grad_outputs=dconf.to(raw.dtype))
                 with torch.no_grad():
                     flat = r.detach().flatten(1)
-                    grad += (norm_sign[:, None] * norm_grad(flat, norm)).view_as(r)
+                    # Out of place: the input gradient of a module that sums its input
+                    # is a broadcast view, which cannot be written to.
+                    grad = grad + (norm_sign[:, None] * norm_grad(flat, norm)).view_as(r)
                     r.grad = grad
                     optimizer.step()
                     if self.clip is not None:
