@@ -43,7 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "build" / "mutation"
-MUTMUT = [sys.executable, "-m", "mutmut"]
+MUTMUT = [str(Path(sys.executable).with_name("mutmut"))]
 
 #: The tests each module's mutants are run against.
 TESTS = {
@@ -78,7 +78,14 @@ def config(module):
              f"    resistclf/{module}.py", "pytest_add_cli_args_test_selection ="]
     lines += [f"    {test}" for test in TESTS[module]]
     lines += ["pytest_add_cli_args = -p no:cacheprovider -o addopts= -W ignore",
-              "process_isolation = forkserver", "do_not_mutate_patterns ="]
+              # Each mutant's tests run in a process forked from the one that ran them all
+              # once, which has the digits CNN trained already (see tests/conftest.py).
+              "process_isolation = fork",
+              # A mutant's tests get (time they took unmutated + 30 s) x 10 before they count
+              # as timed out: setting up fixtures (training the digits CNN) is not in mutmut's
+              # estimate, and the machine may be shared.
+              "timeout_constant = 30", "timeout_multiplier = 10",
+              "do_not_mutate_patterns ="]
     lines += [f"    {pattern}" for pattern in MESSAGE_LINES]
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,7 @@
 """Small data and tiny trained nets, so that the suite needs no download."""
 
 import shutil
+from functools import cache
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ def tiny_cnn_net(**params):
     return make_net(SimpleCNN, **params)
 
 
-@pytest.fixture(scope="session")
-def digits():
-    """Digits images split into a training half and a test half."""
+# The data and the trained CNN are made once per process, not once per session: mutation
+# testing (benchmarks/mutation.py) runs many sessions in processes forked from one.
+@cache
+def digits_split():
     X, y = load_digits_images()
     rng = np.random.RandomState(0)
     order = rng.permutation(len(X))
@@ -27,12 +29,24 @@ def digits():
     return X[train], y[train], X[test], y[test]
 
 
+@cache
+def cnn_trained_on_digits():
+    X, y, _, _ = digits_split()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return tiny_cnn_net().fit(X, y)
+
+
 @pytest.fixture(scope="session")
-def trained_cnn(digits):
+def digits():
+    """Digits images split into a training half and a test half."""
+    return digits_split()
+
+
+@pytest.fixture(scope="session")
+def trained_cnn():
     """A skorch CNN trained on the digits training half."""
-    X, y, _, _ = digits
-    torch.manual_seed(0)
-    return tiny_cnn_net().fit(X, y)
+    return cnn_trained_on_digits()
 
 
 def _write_idx(path, array):

@@ -20,6 +20,7 @@ the nets below; preprocessing and clipping grow it fastest).
 """
 
 import copy
+from functools import cache
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from torch import nn
 
 from resistclf import ResistanceAttack
 
-from .reference_attack import Stepper, reference_attack, trajectories
+from .reference_attack import Stepper, reference_attack, summarise, trajectories
 
 STRICT = dict(rtol=1e-6, atol=1e-6)  # float64, 20 steps (see the module docstring)
 PER_STEP = 1e-4  # float32, one step (see the module docstring)
@@ -40,6 +41,7 @@ def mlp():
     return small_mlp_and_images()
 
 
+@cache  # once per process, as conftest's data (see there)
 def small_mlp_and_images():
     """A small MLP trained on six Gaussian classes of (2, 4, 2) "images", and images to attack.
 
@@ -253,3 +255,60 @@ def test_attack_trained_cnn_follows_reference(trained_cnn, digits):
     result, read_off = shadow(module, X, attack)
     assert_results_match(result, read_off, **FLOAT32)
     assert result.flipped.any()
+
+
+def early_exit_reading(trajectory, early_exit):
+    """Where ``early_exit`` stops an image, from its whole trajectory: a shorter Trajectory.
+
+    The image leaves after the first step at which it has flipped and, for ``early_exit``
+    steps, |r| has set no new maximum and the prediction has moved to no new class.
+    """
+    norms, preds, c0 = trajectory.norms, trajectory.preds, trajectory.c0
+    largest, adversarial, last_move, flipped = 0.0, c0, 0, False
+    for step, (size, pred) in enumerate(zip(norms, preds)):
+        changed = step > 0 and pred != c0
+        if size > largest or (changed and pred != adversarial):
+            last_move = step
+        flipped |= changed
+        adversarial = pred if changed else adversarial
+        largest = max(largest, size)
+        if flipped and step - last_move >= early_exit:
+            break
+    return summarise(norms[:step + 1], trajectory.confs[:step + 1], preds[:step + 1], c0)
+
+
+@pytest.mark.parametrize("early_exit", [1, 3])
+def test_attack_early_exit_matches_reference_in_float64(mlp, early_exit):
+    module, X = mlp
+    # Images leave at different steps, so slots are refilled while others are mid-attack.
+    attack = ResistanceAttack(max_iter=20, step_size=0.5, batch_size=5, early_exit=early_exit)
+    result = attack(copy.deepcopy(module).double(), X.double())
+    expected = [early_exit_reading(t, early_exit)
+                for t in reference_attack(module, X, max_iter=20, step_size=0.5)]
+    stopped = np.array([len(t.norms) < 21 for t in expected])
+    assert stopped.any() and (~stopped).any()
+    assert_results_match(result, expected, **STRICT)
+
+
+class _Summed(nn.Module):
+    """Logits (k sum(x), 0): the gradient of Conf is the same for every pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x):
+        total = self.k * x.flatten(1).sum(dim=1)
+        return torch.stack([total, torch.zeros_like(total)], dim=1)
+
+
+def test_attack_linf_splits_its_step_among_tied_entries():
+    # Every entry of r moves alike, so all of them tie for the largest |r|.
+    X = torch.full((2, 16), 0.1, dtype=torch.float64)
+    X[1] = 0.15
+    result = ResistanceAttack(max_iter=20, step_size=0.4, norm="linf", batch_size=2)(
+        _Summed().double(), X, return_trace=True)
+    expected = reference_attack(_Summed(), X, max_iter=20, step_size=0.4, norm="linf")
+    np.testing.assert_allclose(result.norm_trace, [t.norms for t in expected], **STRICT)
+    assert_results_match(result, expected, **STRICT)
+    assert result.flipped.all()
