@@ -4,8 +4,8 @@ It follows the definition in :class:`resistclf.ResistanceAttack`'s docstring, no
 code: autograd differentiates the loss (the library writes the gradient of Conf by hand), Conf
 is computed from a log-sum-exp (so that its gradient does not lose ``1 - Conf``), the classes
 ranked above ``c0`` are dropped with a mask, Adam is spelled out, and the per-image results are
-read off the whole trajectory at the end. Images are handled as rows of one batch only for speed: every
-quantity is per row, and the module is run in eval mode, so rows do not interact.
+read off the whole trajectory at the end. Images are handled as rows of one batch only for
+speed: every quantity is per row, and the module is run in eval mode, so rows do not interact.
 """
 
 import copy

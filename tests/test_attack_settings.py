@@ -101,8 +101,8 @@ def test_attack_preprocessing_follows_the_module_dtype():
     wrapped = ResistanceAttack(preprocessing={"mean": 0.5, "std": 2.0}).preprocessed(
         module, (2, 4, 2))
     assert wrapped.mean.dtype == wrapped.std.dtype == torch.float64
-    result = ResistanceAttack(max_iter=3, preprocessing={"mean": 0.5})(module,
-                                                                      torch.rand(2, 2, 4, 2).double())
+    attack = ResistanceAttack(max_iter=3, preprocessing={"mean": 0.5})
+    result = attack(module, torch.rand(2, 2, 4, 2).double())
     assert len(result) == 2
 
 
