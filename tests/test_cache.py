@@ -178,3 +178,57 @@ def test_cache_save_replaces_the_file_only_once_complete(tmp_path, monkeypatch, 
         cache.save(path)
     assert path.read_bytes() == good
     assert sorted(p.name for p in path.parent.iterdir()) == ["cache.npz"], "no temporary left"
+
+
+def test_cache_ranks_are_kept_apart_and_right(trained_cnn, digits):
+    _, _, X, _ = digits
+    module, cache = trained_cnn.module_, AttackCache()
+    cache.attack(ATTACK, module, X[:6])
+    runner_up = cache.attack(ATTACK, module, X[:6], rank=1)
+    fresh = ATTACK(module, torch.tensor(X[:6]), rank=1)
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(runner_up, name), getattr(fresh, name),
+                                      err_msg=name)
+
+
+def test_cache_keys_on_the_architecture_not_only_the_weights():
+    torch.manual_seed(0)
+    relu = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    tanh = torch.nn.Sequential(relu[0], torch.nn.Tanh(), relu[2])  # the same weights
+    X, cache = np.random.RandomState(0).rand(5, 4).astype(np.float32), AttackCache()
+    cache.attack(ATTACK, relu, X)
+    result = cache.attack(ATTACK, tanh, X)
+    assert len(cache) == 10
+    np.testing.assert_array_equal(result.res_n, ATTACK(tanh, torch.tensor(X)).res_n)
+
+
+def test_cache_ignores_settings_that_do_not_change_results(trained_cnn, digits):
+    _, _, X, _ = digits
+    module, cache = trained_cnn.module_, AttackCache()
+    cache.attack(ATTACK, module, X[:4])
+    for params in ({"n_jobs": 2}, {"verbose": True}):
+        cache.attack(ResistanceAttack(max_iter=40, batch_size=32, **params), module, X[:4])
+    assert len(cache) == 4
+
+
+def test_cache_key_format_is_stable(trained_cnn, digits):
+    # Caches written by long experiments must keep matching: the key is blake2b (16 bytes)
+    # of repr((fingerprint, settings, rank)) followed by the float32 image bytes, where the
+    # fingerprint is joblib's hash of the module's repr and weights, and the settings are the
+    # attack's parameters but verbose and n_jobs, sorted, with their values' repr.
+    import hashlib
+
+    import joblib
+
+    _, _, X, _ = digits
+    module, cache = trained_cnn.module_, AttackCache()
+    attack = ResistanceAttack(max_iter=40, batch_size=32, n_jobs=None)
+    cache.attack(attack, module, X[:2], rank=1)
+    state = {name: t.detach().cpu().numpy() for name, t in module.state_dict().items()}
+    fingerprint = joblib.hash((repr(module), state))
+    settings = tuple(sorted((k, repr(v)) for k, v in attack.get_params().items()
+                            if k not in ("verbose", "n_jobs")))
+    prefix = repr((fingerprint, settings, 1)).encode()
+    keys = [hashlib.blake2b(prefix + row.astype(np.float32).tobytes(),
+                            digest_size=16).hexdigest() for row in X[:2]]
+    assert sorted(cache._store) == sorted(keys)
