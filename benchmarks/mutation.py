@@ -52,7 +52,7 @@ TESTS = {
     "_attack": ["tests/test_attack_reference.py", "tests/test_attack_settings.py",
                 "tests/test_attack.py", "tests/test_properties.py"],
     "_estimator": ["tests/test_estimator_cases.py", "tests/test_estimator.py",
-                   "tests/test_properties.py", "tests/test_common.py"],
+                   "tests/test_properties.py", "tests/test_cache.py", "tests/test_common.py"],
     "metrics": ["tests/test_metrics.py"],
     "_cache": ["tests/test_cache.py"],
     "callbacks": ["tests/test_callbacks.py"],

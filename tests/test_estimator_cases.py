@@ -18,6 +18,7 @@ from skorch import NeuralNetClassifier
 from torch import nn
 
 from resistclf import ResistanceAttack, ResistanceClassifier
+from resistclf._estimator import _best_threshold
 
 from .conftest import tiny_cnn_net
 
@@ -41,8 +42,13 @@ class _Line(nn.Module):
 
 
 def cuts_for(s, y):
-    """The cuts _LineNet learns: halfway between the means of neighbouring classes."""
-    means = [s[y == k].mean() for k in range(3)]
+    """The cuts _LineNet learns: halfway between the means of neighbouring classes.
+
+    An outer class without samples is put 2 beyond the middle class's mean.
+    """
+    means = [s[y == k].mean() if np.any(y == k) else np.nan for k in range(3)]
+    means[0] = means[1] - 2 if np.isnan(means[0]) else means[0]
+    means[2] = means[1] + 2 if np.isnan(means[2]) else means[2]
     return (means[0] + means[1]) / 2, (means[1] + means[2]) / 2
 
 
@@ -94,6 +100,9 @@ class _Rule(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         p = 1.0 / np.asarray(X)[:, 0]
         return np.column_stack([1 - p, p])
+
+    def predict(self, X):
+        return self.predict_proba(X)[:, 1] >= 0.5
 
 
 class _Logged(ClassifierMixin, BaseEstimator):
@@ -362,3 +371,139 @@ def test_classifier_fit_leaves_global_random_states_alone(digits):
     after = np.random.get_state()
     assert after[0] == numpy_state[0] and np.array_equal(after[1], numpy_state[1])
     assert after[2:] == numpy_state[2:]
+
+
+def test_classifier_defaults_are_the_documented_ones():
+    net = line_net()
+    assert ResistanceClassifier(net).get_params(deep=False) == {
+        "net": net, "attack": None, "detector": None,
+        "features": ("res_n", "res_max", "res_min"), "cv": "auto", "threshold": "auto",
+        "net_output": "auto", "cache": None, "random_state": None,
+    }
+
+
+def positions(counts, seed=0):
+    """Positions drawn around the three classes' centres, ``counts`` of each, and labels."""
+    rng = np.random.RandomState(seed)
+    s = np.concatenate([rng.uniform(low, high, n) for (low, high), n in
+                        zip([(-3, -1.2), (-0.8, 0.8), (1.2, 3)], counts)])
+    return on_line(s), np.repeat([0, 1, 2], counts)
+
+
+@pytest.mark.filterwarnings("ignore:The net's predictions on the")
+def test_classifier_folds_are_stratified_and_follow_the_seed():
+    # Two samples of class 0: stratified folds hold one each. (Unstratified folds, with
+    # this seed, would hold both in one.)
+    X, y = positions((2, 20, 20))
+    s = X[:, 0].astype(float)
+    ResistanceClassifier(line_net(), attack=ATTACK, cv=2, random_state=0).fit(X, LABELS[y])
+    first = [np.isin(s, trained) for trained in TRAINED[:2]]
+    for trained in first:
+        np.testing.assert_array_equal(np.bincount(y[~trained]), [1, 10, 10])
+    TRAINED.clear()
+    ResistanceClassifier(line_net(), attack=ATTACK, cv=2, random_state=1).fit(X, LABELS[y])
+    second = [np.isin(s, trained) for trained in TRAINED[:2]]
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.filterwarnings("ignore:The net's predictions on the")
+@pytest.mark.parametrize("cv", [3, 0.3], ids=["cross-fitting", "hold-out"])
+def test_classifier_trains_with_a_class_of_one_sample(cv):
+    # Too few to stratify by; a net that trains without that sample still has its class.
+    X, y = positions((1, 20, 20))
+    clf = ResistanceClassifier(line_net(), attack=ATTACK, cv=cv, random_state=0)
+    clf.fit(X, LABELS[y])
+    np.testing.assert_array_equal(clf.classes_, LABELS)
+    if cv == 3:  # one fold's net trains without it
+        assert sum(not np.isin(X[0, 0], trained) for trained in TRAINED) == 1
+    assert clf.predict(X).shape == (len(X),)
+
+
+def test_classifier_all_wrong_warns_and_flags_every_sample():
+    X, y = positions((10, 10, 10))
+    clf = ResistanceClassifier(FrozenEstimator(line_net(cuts=(-1.0, 1.0))), attack=ATTACK)
+    with pytest.warns(UserWarning, match="are all wrong"):
+        clf.fit(X, LABELS[(y + 1) % 3])
+    np.testing.assert_array_equal(clf.predict_error_proba(X), 1.0)
+    assert clf.threshold_ == np.inf
+
+
+def test_classifier_tunes_the_threshold_on_two_errors():
+    # Two errors, both next to a cut and labelled with the class across it: correcting
+    # them is what helps, and the threshold is tuned with two folds.
+    X, y = positions((15, 15, 15), seed=3)
+    X = np.concatenate([X, on_line(np.array([-0.95, 1.05]))])
+    y = np.r_[y, 0, 1]  # the net says 1 and 2
+    s = X[:, 0].astype(float)
+    assert (predicted(s) != y).sum() == 2
+    assert np.all(moved_to(s[-2:]) == y[-2:])
+    clf = ResistanceClassifier(FrozenEstimator(line_net(cuts=(-1.0, 1.0))), attack=ATTACK,
+                               detector=_Rule(), features=("res_min",), random_state=0)
+    clf.fit(X, LABELS[y])
+    assert np.isfinite(clf.threshold_)
+    np.testing.assert_array_equal(clf.predict(X), LABELS[y])
+
+
+def test_classifier_predict_topk_three_classes_by_hand():
+    s = np.array([-2.5, -1.5, -0.5, 0.4, 1.5, 2.5])
+    clf = ResistanceClassifier(FrozenEstimator(line_net(cuts=(-1.0, 1.0))), attack=ATTACK,
+                               threshold=0.5)
+    X, y = line_data()
+    clf.fit(X, LABELS[y])
+    ranked = clf.predict_topk(on_line(s), k=3)
+    own, next_door = predicted(s), moved_to(s)
+    np.testing.assert_array_equal(ranked, LABELS[np.column_stack(
+        [own, next_door, 3 - own - next_door])])
+
+
+class _Linear(nn.Module):
+    def __init__(self, n_in, n_classes, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(n_classes, n_in, generator=g) * 2)
+
+    def forward(self, x):
+        return x @ self.weight.T
+
+
+@pytest.mark.filterwarnings("ignore:The net's predictions on the")
+def test_classifier_predict_topk_lists_attacks_then_the_nets_ranking():
+    # Twenty classes: the list is c1, a1, c2, a2, c3, a3 without repeats, then the rest in the
+    # net's order, whatever the number of columns.
+    rng = np.random.RandomState(0)
+    X, module = rng.randn(8, 6).astype(np.float32), _Linear(6, 20, seed=0)
+    clf = ResistanceClassifier(module, attack=ATTACK, threshold=0.5).fit(X, rng.randint(20, size=8))
+    ranked = clf.predict_topk(X, k=20)
+    with torch.no_grad():
+        order = module(torch.tensor(X)).argsort(dim=1, descending=True).numpy()
+    runs = [clf.attack_results(X, rank=rank) for rank in range(3)]
+    for i in range(len(X)):
+        listed = []
+        for label in [v for r in runs for v in (r.c0[i], r.adversarial_class[i])] + list(order[i]):
+            if label not in listed:
+                listed.append(label)
+        np.testing.assert_array_equal(ranked[i], listed)
+
+
+@pytest.mark.filterwarnings("ignore:The net's predictions on the")
+def test_classifier_float64_module():
+    rng = np.random.RandomState(1)
+    X, module = rng.randn(12, 6), _Linear(6, 4, seed=1).double()
+    clf = ResistanceClassifier(module, attack=ATTACK, threshold=0.5).fit(X, rng.randint(4, size=12))
+    proba = clf.predict_proba(X)
+    assert proba.dtype == np.float64
+    with torch.no_grad():
+        expected = module(torch.tensor(X)).softmax(dim=1).numpy()
+    np.testing.assert_allclose(proba, expected, rtol=1e-5)
+    assert clf.transform(X).shape == (12, 3)
+
+
+@pytest.mark.parametrize("gain, corrected", [
+    ([1, 1, 1], [True, True, True]),  # every correction helps: all are made
+    ([-1, 1, 0], [False, False, False]),  # the best balance is 0: none is made
+    ([1, 0, -1], [True, False, False]),  # equal totals: the fewest corrections
+])
+def test_best_threshold_picks_the_fewest_best_corrections(gain, corrected):
+    proba = np.array([0.9, 0.6, 0.3])
+    threshold = _best_threshold(proba, np.array(gain))
+    np.testing.assert_array_equal(proba >= threshold, corrected)
