@@ -14,7 +14,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 def fpr_at_tpr(is_error, error_score, tpr=0.95):
     """False-positive rate at the first threshold that reaches ``tpr`` true positives."""
-    fpr, tpr_curve, _ = roc_curve(is_error, error_score)
+    fpr, tpr_curve, _ = roc_curve(is_error, error_score, drop_intermediate=False)
     return float(fpr[np.searchsorted(tpr_curve, tpr, side="left")])
 
 
@@ -55,7 +55,7 @@ def tpr_at_fpr(is_positive, score, fpr=0.05):
     is_positive = np.asarray(is_positive, dtype=bool)
     if is_positive.all() or not is_positive.any():
         return np.nan
-    fpr_curve, tpr_curve, _ = roc_curve(is_positive, score)
+    fpr_curve, tpr_curve, _ = roc_curve(is_positive, score, drop_intermediate=False)
     return float(tpr_curve[np.searchsorted(fpr_curve, fpr, side="right") - 1])
 
 
