@@ -19,6 +19,7 @@ selects the tests written for it (``TESTS`` below). mutmut copies that copy into
 runs the selected tests once to learn which tests reach which function, then runs, for each
 mutant, the tests that reach the mutated function, stopping at the first failure, in a process
 forked from the one that ran them all (so the trained nets of the fixtures are ready).
+Hypothesis runs its ``mutation`` profile (tests/conftest.py): fixed examples, no shrinking.
 ``OMP_NUM_THREADS=1``: one thread a test process, two processes at a time (``--max-children``).
 A run that is stopped resumes where it left off, and a new run checks the survivors again (after
 new tests); ``--fresh`` starts the module over, as it must after the library code changed.
@@ -124,7 +125,7 @@ def skipped(module, name):
 
 
 def environment():
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYPOTHESIS_PROFILE": "mutation"}
     env.pop("PYTHONPATH", None)  # the tests must import the mutated copy
     return env
 
@@ -174,6 +175,10 @@ def results(module):
             "survivors": survivors}
 
 
+def score_text(score):
+    return "-" if score is None else f"{100 * score:.1f}%"
+
+
 def report():
     timings = WORK / "seconds.json"
     seconds = json.loads(timings.read_text()) if timings.exists() else {}
@@ -191,7 +196,7 @@ def report():
         run_on = sum(n for state, n in c.items() if state not in ("skipped", "not checked"))
         lines.append(f"| {module} | {run_on} | {c.get('killed', 0) + c.get('timeout', 0)} | "
                      f"{c.get('survived', 0) + c.get('no tests', 0)} | "
-                     f"{100 * r['score']:.1f}% | {seconds.get(module, '?')} s |")
+                     f"{score_text(r['score'])} | {seconds.get(module, '?')} s |")
     for module, r in found.items():
         lines += ["", f"## {module}: survivors", ""]
         for name, diff in r["survivors"].items():

@@ -1,11 +1,13 @@
 """Small data and tiny trained nets, so that the suite needs no download."""
 
+import os
 import shutil
 from functools import cache
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import Phase, settings
 
 from resistclf.datasets import load_digits_images
 from resistclf.models import SimpleCNN, make_net
@@ -16,6 +18,13 @@ def tiny_cnn_net(**params):
     params = {"image_size": 8, "channels": (8, 16), "hidden": 64, "max_epochs": 30, "lr": 1e-2,
               **params}
     return make_net(SimpleCNN, **params)
+
+
+# benchmarks/mutation.py runs the tests once per mutant: fixed examples, and no shrinking of
+# the failures it provokes (which can take minutes and tells nothing there).
+settings.register_profile("mutation", derandomize=True,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 # The data and the trained CNN are made once per process, not once per session: mutation

@@ -232,3 +232,8 @@ def test_cache_key_format_is_stable(trained_cnn, digits):
     keys = [hashlib.blake2b(prefix + row.astype(np.float32).tobytes(),
                             digest_size=16).hexdigest() for row in X[:2]]
     assert sorted(cache._store) == sorted(keys)
+
+
+def test_cache_empty_save_and_load(tmp_path):
+    AttackCache().save(tmp_path / "empty.npz")
+    assert len(AttackCache.load(tmp_path / "empty.npz")) == 0

@@ -70,6 +70,15 @@ def test_tpr_at_fpr_hand_computed():
     assert tpr_at_fpr(IS_ERROR, SCORE, fpr=0.75) == 1.0  # threshold 0.2
 
 
+def test_rates_at_a_threshold_on_a_straight_stretch_of_the_roc_curve():
+    # A score shared by an error and a correct prediction (0.1) puts its ROC point on a
+    # straight segment; it is a threshold all the same. (Found by the brute-force test.)
+    is_error = [False, False, True, False, True, False, False]
+    score = [0.0, 0.5, 0.1, 0.1, 0.0, 0.25, 0.5]
+    assert fpr_at_tpr(is_error, score, tpr=0.5) == 0.8
+    assert tpr_at_fpr(is_error, score, fpr=0.8) == 0.5
+
+
 def test_auroc_and_aupr_hand_computed():
     # 13 of the 16 (error, correct) pairs are ordered right.
     assert auroc(IS_ERROR, SCORE) == pytest.approx(13 / 16)
