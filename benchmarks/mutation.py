@@ -19,7 +19,8 @@ selects the tests written for it (``TESTS`` below). mutmut copies that copy into
 runs the selected tests once to learn which tests reach which function, then runs, for each
 mutant, the tests that reach the mutated function, stopping at the first failure, in a process
 forked from the one that ran them all (so the trained nets of the fixtures are ready).
-Hypothesis runs its ``mutation`` profile (tests/conftest.py): fixed examples, no shrinking.
+Hypothesis runs its ``mutation`` profile (tests/conftest.py): fixed examples, no shrinking;
+and the quickest test files run first (``QUICK_FIRST`` there).
 ``OMP_NUM_THREADS=1``: one thread a test process, two processes at a time (``--max-children``).
 A run that is stopped resumes where it left off, and a new run checks the survivors again (after
 new tests); ``--fresh`` starts the module over, as it must after the library code changed.
@@ -51,7 +52,18 @@ MUTMUT = [str(Path(sys.executable).with_name("mutmut"))]
 #: The tests each module's mutants are run against.
 TESTS = {
     "_attack": ["tests/test_attack_reference.py", "tests/test_attack_settings.py",
-                "tests/test_attack.py", "tests/test_properties.py"],
+                "tests/test_properties.py",
+                # test_attack.py's tests whose code paths the files above do not take
+                *(f"tests/test_attack.py::test_attack_{name}" for name in [
+                    "never_flipped_is_marked", "does_not_modify_input",
+                    "restores_module_state_after_exception",
+                    "restores_module_state_and_computes_no_parameter_gradients",
+                    "runs_under_no_grad", "verbose_shows_progress", "invalid_settings_raise",
+                    "early_exit_refuses_traces", "bad_input_raises", "rank_out_of_range_raises",
+                    "bfloat16_is_close_to_float32",
+                    "channels_last_agrees_and_restores_the_weights",
+                    "n_jobs_gives_identical_results",
+                    "auto_batch_size_respects_memory_budget"])],
     "_estimator": ["tests/test_estimator_cases.py", "tests/test_estimator.py",
                    "tests/test_properties.py", "tests/test_cache.py", "tests/test_common.py"],
     "metrics": ["tests/test_metrics.py"],
@@ -125,7 +137,8 @@ def skipped(module, name):
 
 
 def environment():
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYPOTHESIS_PROFILE": "mutation"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYPOTHESIS_PROFILE": "mutation",
+           "RESISTCLF_MUTATION": "1"}
     env.pop("PYTHONPATH", None)  # the tests must import the mutated copy
     return env
 

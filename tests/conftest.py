@@ -26,6 +26,17 @@ settings.register_profile("mutation", derandomize=True,
                           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+#: Under mutation testing, these files run first: they are quick and catch most mutants, and
+#: pytest -x stops at the first failure.
+QUICK_FIRST = ["test_attack_reference.py", "test_attack_settings.py", "test_estimator_cases.py",
+               "test_metrics.py", "test_cache.py", "test_callbacks.py", "test_properties.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("RESISTCLF_MUTATION"):
+        rank = {name: i for i, name in enumerate(QUICK_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
 
 # The data and the trained CNN are made once per process, not once per session: mutation
 # testing (benchmarks/mutation.py) runs many sessions in processes forked from one.
