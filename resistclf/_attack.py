@@ -125,6 +125,12 @@ def _l2(r):
 
 
 def _l2_grad(r, norm):
+    # Where every entry of r is below sqrt(tiny) (1e-19 in float32) the squares underflow
+    # and the norm is 0 or inexact; r / |r| is then taken on r scaled to a largest entry of 1.
+    largest = r.abs().amax(dim=1, keepdim=True)
+    underflows = (largest < torch.finfo(r.dtype).tiny ** 0.5) & (largest > 0)
+    r = torch.where(underflows, r / largest.clamp_min(torch.finfo(r.dtype).tiny), r)
+    norm = torch.where(underflows[:, 0], _l2(r), norm)
     # At r = 0 the norm has no gradient; use the minimum-norm subgradient, 0.
     return r / torch.where(norm > 0, norm, 1.0)[:, None]
 
@@ -515,7 +521,9 @@ class ResistanceAttack(BaseEstimator):
                 (grad,) = torch.autograd.grad(raw, r, grad_outputs=dconf.to(raw.dtype))
                 with torch.no_grad():
                     flat = r.detach().flatten(1)
-                    grad += (norm_sign[:, None] * norm_grad(flat, norm)).view_as(r)
+                    # Out of place: the input gradient of a module that sums its input
+                    # is a broadcast view, which cannot be written to.
+                    grad = grad + (norm_sign[:, None] * norm_grad(flat, norm)).view_as(r)
                     r.grad = grad
                     optimizer.step()
                     if self.clip is not None:

@@ -1,10 +1,13 @@
 """Small data and tiny trained nets, so that the suite needs no download."""
 
+import os
 import shutil
+from functools import cache
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import Phase, settings
 
 from resistclf.datasets import load_digits_images
 from resistclf.models import SimpleCNN, make_net
@@ -17,9 +20,28 @@ def tiny_cnn_net(**params):
     return make_net(SimpleCNN, **params)
 
 
-@pytest.fixture(scope="session")
-def digits():
-    """Digits images split into a training half and a test half."""
+# benchmarks/mutation.py runs the tests once per mutant: fixed examples, and no shrinking of
+# the failures it provokes (which can take minutes and tells nothing there).
+settings.register_profile("mutation", derandomize=True,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+#: Under mutation testing, these files run first: they are quick and catch most mutants, and
+#: pytest -x stops at the first failure.
+QUICK_FIRST = ["test_attack_reference.py", "test_attack_settings.py", "test_estimator_cases.py",
+               "test_metrics.py", "test_cache.py", "test_callbacks.py", "test_properties.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("RESISTCLF_MUTATION"):
+        rank = {name: i for i, name in enumerate(QUICK_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
+# The data and the trained CNN are made once per process, not once per session: mutation
+# testing (benchmarks/mutation.py) runs many sessions in processes forked from one.
+@cache
+def digits_split():
     X, y = load_digits_images()
     rng = np.random.RandomState(0)
     order = rng.permutation(len(X))
@@ -27,12 +49,24 @@ def digits():
     return X[train], y[train], X[test], y[test]
 
 
+@cache
+def cnn_trained_on_digits():
+    X, y, _, _ = digits_split()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return tiny_cnn_net().fit(X, y)
+
+
 @pytest.fixture(scope="session")
-def trained_cnn(digits):
+def digits():
+    """Digits images split into a training half and a test half."""
+    return digits_split()
+
+
+@pytest.fixture(scope="session")
+def trained_cnn():
     """A skorch CNN trained on the digits training half."""
-    X, y, _, _ = digits
-    torch.manual_seed(0)
-    return tiny_cnn_net().fit(X, y)
+    return cnn_trained_on_digits()
 
 
 def _write_idx(path, array):

@@ -69,3 +69,171 @@ def test_cache_rejects_other_objects(trained_cnn, digits):
     _, _, X, y = digits
     with pytest.raises(ValueError, match="cache"):
         ResistanceClassifier(FrozenEstimator(trained_cnn), cache={}).fit(X[:20], y[:20])
+
+
+FIELDS = ["res_n", "res_max", "res_min", "res_mean", "flipped", "adversarial_class", "c0",
+          "conf0"]
+
+
+def test_cache_sees_weights_changed_in_place(trained_cnn, digits):
+    _, _, X, _ = digits
+    module, cache = copy.deepcopy(trained_cnn.module_), AttackCache()
+    before = cache.attack(ATTACK, module, X[:10])
+    with torch.no_grad():
+        next(module.parameters()).mul_(1.5)  # the same module object, other weights
+    after = cache.attack(ATTACK, module, X[:10])
+    fresh = ATTACK(module, torch.tensor(X[:10]))
+    assert len(cache) == 20
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(after, name), getattr(fresh, name), err_msg=name)
+    assert not np.array_equal(after.res_n, before.res_n)
+    assert after.conf_trace is None and after.norm_trace is None
+
+
+def test_cache_keys_on_preprocessing_and_image_bytes(trained_cnn, digits):
+    _, _, X, _ = digits
+    module, cache = trained_cnn.module_, AttackCache()
+    cache.attack(ATTACK, module, X[:5])
+    cache.attack(ATTACK, module, X[:5].astype(np.float64))
+    assert len(cache) == 5, "the attack sees float32 images: float64 copies are the same"
+    normalised = ResistanceAttack(max_iter=40, batch_size=32,
+                                  preprocessing={"mean": 0.1, "std": 0.9})
+    result = cache.attack(normalised, module, X[:5])
+    assert len(cache) == 10
+    fresh = normalised(module, torch.tensor(X[:5]))
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(result, name), getattr(fresh, name), err_msg=name)
+    shifted = X[:5].copy()
+    shifted[0, 0, 0, 0] += 1e-3
+    cache.attack(ATTACK, module, shifted)
+    assert len(cache) == 11, "only the changed image is new"
+
+
+def test_cache_save_and_load_keep_every_field(tmp_path, trained_cnn, digits):
+    _, _, X, _ = digits
+    cache = AttackCache()
+    before = cache.attack(ATTACK, trained_cnn.module_, X[:6])
+    cache.save(tmp_path / "cache.npz")
+    loaded = AttackCache.load(tmp_path / "cache.npz")
+    after = loaded.attack(ATTACK, trained_cnn.module_, X[:6])
+    assert len(loaded) == 6
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name), err_msg=name)
+        assert getattr(after, name).dtype == getattr(before, name).dtype, name
+
+
+def _pickled(path):
+    import pickle
+
+    path.write_bytes(pickle.dumps({"keys": [1, 2]}))
+
+
+def _other_npz(path):
+    with open(path, "wb") as file:
+        np.savez(file, format=np.array("something else/1"), keys=np.array(["a"]))
+
+
+def _misaligned(path):
+    cache = AttackCache()
+    cache._store = {"a": tuple(np.float64(1.0) for _ in FIELDS)}
+    cache.save(path)
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["res_n"] = np.zeros(3)
+    with open(path, "wb") as file:
+        np.savez(file, **arrays)
+
+
+@pytest.mark.parametrize("write, match", [
+    (_pickled, "is not an attack cache written by AttackCache.save"),
+    (lambda path: path.write_bytes(b"PK\x03\x04 broken"), "is not an attack cache"),
+    (_other_npz, "its format is 'something else/1'"),
+    (_misaligned, "its arrays do not line up"),
+], ids=["pickle", "corrupt", "other-format", "misaligned"])
+def test_cache_load_rejects_other_files(tmp_path, write, match):
+    path = tmp_path / "cache.npz"
+    write(path)
+    with pytest.raises(ValueError, match=match) as info:
+        AttackCache.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_cache_save_replaces_the_file_only_once_complete(tmp_path, monkeypatch, trained_cnn,
+                                                         digits):
+    from resistclf import _cache
+
+    _, _, X, _ = digits
+    path = tmp_path / "sub" / "cache.npz"
+    cache = AttackCache()
+    cache.attack(ATTACK, trained_cnn.module_, X[:3])
+    cache.save(path)
+    good = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    cache.attack(ATTACK, trained_cnn.module_, X[3:5])
+    monkeypatch.setattr(_cache.np, "savez", fail)
+    with pytest.raises(OSError, match="disk full"):
+        cache.save(path)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in path.parent.iterdir()) == ["cache.npz"], "no temporary left"
+
+
+def test_cache_ranks_are_kept_apart_and_right(trained_cnn, digits):
+    _, _, X, _ = digits
+    module, cache = trained_cnn.module_, AttackCache()
+    cache.attack(ATTACK, module, X[:6])
+    runner_up = cache.attack(ATTACK, module, X[:6], rank=1)
+    fresh = ATTACK(module, torch.tensor(X[:6]), rank=1)
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(runner_up, name), getattr(fresh, name),
+                                      err_msg=name)
+
+
+def test_cache_keys_on_the_architecture_not_only_the_weights():
+    torch.manual_seed(0)
+    relu = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    tanh = torch.nn.Sequential(relu[0], torch.nn.Tanh(), relu[2])  # the same weights
+    X, cache = np.random.RandomState(0).rand(5, 4).astype(np.float32), AttackCache()
+    cache.attack(ATTACK, relu, X)
+    result = cache.attack(ATTACK, tanh, X)
+    assert len(cache) == 10
+    np.testing.assert_array_equal(result.res_n, ATTACK(tanh, torch.tensor(X)).res_n)
+
+
+def test_cache_ignores_settings_that_do_not_change_results(trained_cnn, digits):
+    _, _, X, _ = digits
+    module, cache = trained_cnn.module_, AttackCache()
+    cache.attack(ATTACK, module, X[:4])
+    for params in ({"n_jobs": 2}, {"verbose": True}):
+        cache.attack(ResistanceAttack(max_iter=40, batch_size=32, **params), module, X[:4])
+    assert len(cache) == 4
+
+
+def test_cache_key_format_is_stable(trained_cnn, digits):
+    # Caches written by long experiments must keep matching: the key is blake2b (16 bytes)
+    # of repr((fingerprint, settings, rank)) followed by the float32 image bytes, where the
+    # fingerprint is joblib's hash of the module's repr and weights, and the settings are the
+    # attack's parameters but verbose and n_jobs, sorted, with their values' repr.
+    import hashlib
+
+    import joblib
+
+    _, _, X, _ = digits
+    module, cache = trained_cnn.module_, AttackCache()
+    attack = ResistanceAttack(max_iter=40, batch_size=32, n_jobs=None)
+    cache.attack(attack, module, X[:2], rank=1)
+    state = {name: t.detach().cpu().numpy() for name, t in module.state_dict().items()}
+    fingerprint = joblib.hash((repr(module), state))
+    settings = tuple(sorted((k, repr(v)) for k, v in attack.get_params().items()
+                            if k not in ("verbose", "n_jobs")))
+    prefix = repr((fingerprint, settings, 1)).encode()
+    keys = [hashlib.blake2b(prefix + row.astype(np.float32).tobytes(),
+                            digest_size=16).hexdigest() for row in X[:2]]
+    assert sorted(cache._store) == sorted(keys)
+
+
+def test_cache_empty_save_and_load(tmp_path):
+    AttackCache().save(tmp_path / "empty.npz")
+    assert len(AttackCache.load(tmp_path / "empty.npz")) == 0

@@ -1,8 +1,14 @@
+import time
+
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
 
 from resistclf import ResistanceAttack, ResistanceMonitor
+from resistclf._nets import ProbaToLogits
+from resistclf.models import SimpleCNN
 
 from .conftest import tiny_cnn_net
 
@@ -102,3 +108,113 @@ def test_monitor_rejects_bad_parameters(params, error, match):
     X_val, y_val = kwargs.pop("X_val"), kwargs.pop("y_val")
     with pytest.raises(error, match=match):
         ResistanceMonitor(X_val, y_val, **kwargs).initialize()
+
+
+def test_monitor_records_detection_and_correction_values(monitored, digits):
+    net, _ = monitored
+    _, _, X_val, y_val = digits
+    X_val, y_val = X_val[:100], y_val[:100]
+    result = FAST(net.module_, torch.from_numpy(X_val))
+    is_error = result.c0 != y_val
+    assert 0 < is_error.sum() < 100
+    last = net.history[-1]
+    assert last["resistance_auroc_res_n"] == pytest.approx(roc_auc_score(is_error, -result.res_n))
+    assert last["resistance_auroc_max_softmax"] == pytest.approx(
+        roc_auc_score(is_error, -result.conf0))
+    assert last["resistance_correction_rate"] == pytest.approx(
+        np.mean(result.adversarial_class[is_error] == y_val[is_error]))
+    assert last["resistance_flip_rate"] == pytest.approx(np.mean(result.flipped))
+    assert last["resistance_res_n_mean_incorrect"] == pytest.approx(
+        result.res_n[is_error].mean())
+    for q in (10, 50, 90):
+        for group, mask in (("correct", ~is_error), ("incorrect", is_error)):
+            assert last[f"resistance_res_n_q{q}_{group}"] == pytest.approx(
+                np.quantile(result.res_n[mask], q / 100)), (q, group)
+    assert last["resistance_seconds"] >= 0
+
+
+def test_monitor_quantiles_and_name_set_the_keys(monitored, digits):
+    net, _ = monitored
+    _, _, X_val, y_val = digits
+    monitor = ResistanceMonitor(X_val[:30], y_val[:30], quantiles=(0.25, 0.975), name="m",
+                                attack=ResistanceAttack(max_iter=10, batch_size=30))
+    start = time.perf_counter()
+    monitor.initialize().on_epoch_end(net)
+    took = time.perf_counter() - start
+    assert 0 <= net.history[-1, "m_seconds"] <= took + 0.01
+    assert monitor.keys_[4:8] == ["m_res_n_q25_correct", "m_res_n_q97.5_correct",
+                                  "m_res_n_q25_incorrect", "m_res_n_q97.5_incorrect"]
+    result = ResistanceAttack(max_iter=10, batch_size=30)(net.module_,
+                                                           torch.from_numpy(X_val[:30]))
+    correct = result.c0 == y_val[:30]
+    assert net.history[-1, "m_res_n_q97.5_correct"] == pytest.approx(
+        np.quantile(result.res_n[correct], 0.975))
+    assert net.history[-1, "m_accuracy"] == pytest.approx(correct.mean())
+
+
+def _monitored_net(digits, monitor, **params):
+    X, y, _, _ = digits
+    net = tiny_cnn_net(max_epochs=1).set_params(callbacks=[monitor], **params)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return net.fit(X[:300], y[:300])
+
+
+@pytest.mark.parametrize("classes", [[], list("abcdefghij")], ids=["no-classes", "letters"])
+def test_monitor_compares_in_the_nets_labels(digits, classes):
+    # skorch's classes_ name the module's outputs; without them, outputs are the labels.
+    _, _, X_val, y_val = digits
+    labels = np.array(classes) if classes else np.arange(10)
+    monitor = ResistanceMonitor(X_val[:40], labels[y_val[:40]],
+                                attack=ResistanceAttack(max_iter=10, batch_size=40))
+    net = _monitored_net(digits, monitor, classes=classes)
+    result = ResistanceAttack(max_iter=10, batch_size=40)(net.module_,
+                                                          torch.from_numpy(X_val[:40]))
+    is_error = result.c0 != y_val[:40]
+    assert net.history[-1, "resistance_accuracy"] == pytest.approx(1 - is_error.mean())
+    assert net.history[-1, "resistance_correction_rate"] == pytest.approx(
+        np.mean(result.adversarial_class[is_error] == y_val[:40][is_error]))
+
+
+class _ProbaCNN(SimpleCNN):
+    def forward(self, x):
+        return super().forward(x).softmax(dim=1)
+
+
+def test_monitor_attacks_the_log_probabilities_of_a_probability_net(digits):
+    _, _, X_val, y_val = digits
+    monitor = ResistanceMonitor(X_val[:40], y_val[:40], attack=FAST)
+    net = _monitored_net(digits, monitor, module=_ProbaCNN, criterion=nn.NLLLoss)
+    result = FAST(ProbaToLogits(net.module_), torch.from_numpy(X_val[:40]))
+    correct = result.c0 == y_val[:40]
+    assert net.history[-1, "resistance_flip_rate"] == pytest.approx(result.flipped.mean())
+    assert net.history[-1, "resistance_res_n_mean_correct"] == pytest.approx(
+        result.res_n[correct].mean())
+
+
+def test_monitor_default_attack_is_the_default_resistance_attack(monitored, digits):
+    net, _ = monitored
+    _, _, X_val, y_val = digits
+    monitor = ResistanceMonitor(X_val[:4], y_val[:4], name="default").initialize()
+    monitor.on_epoch_end(net)
+    result = ResistanceAttack()(net.module_, torch.from_numpy(X_val[:4]))
+    assert net.history[-1, "default_flip_rate"] == pytest.approx(result.flipped.mean())
+    assert net.history[-1, "default_res_n_mean_correct"] == pytest.approx(
+        result.res_n[result.c0 == y_val[:4]].mean())
+
+
+@pytest.mark.parametrize("quantiles", [(0.0, 1.0), [0.5]], ids=str)
+def test_monitor_accepts_quantiles_at_the_edges(quantiles):
+    monitor = ResistanceMonitor(np.zeros((3, 1, 8, 8)), np.zeros(3), quantiles=quantiles)
+    assert len(monitor.initialize().keys_) == 9 + 2 * len(quantiles)
+
+
+@pytest.mark.parametrize("params, error, match", [
+    ({"quantiles": ("a",)}, ValueError, "quantiles must be a non-empty tuple"),
+    ({"quantiles": 0.5}, ValueError, "quantiles must be a non-empty tuple"),
+    ({"quantiles": (-0.1,)}, ValueError, "quantiles must be a non-empty tuple"),
+    ({"name": 3}, ValueError, "name must be a non-empty string"),
+])
+def test_monitor_rejects_more_bad_parameters(params, error, match):
+    with pytest.raises(error, match=match):
+        ResistanceMonitor(np.zeros((3, 1, 8, 8)), np.zeros(3), **params).initialize()
