@@ -20,7 +20,7 @@ from .. import ResistanceAttack
 from .._nets import eval_mode
 from ..models import SimpleCNN
 from ._reference import load_dataset, reference_net
-from ._report import environment, table
+from ._report import environment, read_arrays, table, write_arrays, write_text
 
 PRECISIONS = ("float32", "bfloat16")
 #: Memory formats timed: the default, and ``channels_last=True``.
@@ -154,16 +154,15 @@ def full_test_set(module, X, out, name, **settings):
     """
     path = Path(out) / f"full-{name}.npz"
     recorded = json.dumps(settings, sort_keys=True)
-    if path.exists():
-        cached = dict(np.load(path))
-        if str(cached.pop("settings", "")) == recorded:
-            return cached
+    fields = ("res_n", "res_max", "res_min", "adversarial_class")
+    cached = read_arrays(path, ["seconds", "settings", *fields])
+    if cached is not None and str(cached.pop("settings")) == recorded:
+        return cached
     start = time.perf_counter()
     result = ResistanceAttack(verbose=True, **settings)(module, X)
     seconds = time.perf_counter() - start
-    values = {k: getattr(result, k) for k in ("res_n", "res_max", "res_min",
-                                              "adversarial_class")}
-    np.savez(path, seconds=seconds, settings=recorded, **values)
+    values = {k: getattr(result, k) for k in fields}
+    write_arrays(path, seconds=seconds, settings=recorded, **values)
     return {"seconds": np.array(seconds), **values}
 
 
@@ -270,7 +269,7 @@ def run_bench(*, root=None, out="results/bench", device="cpu", batch_sizes=(32, 
                    **agreement(run, exact)}
             for name, run in runs.items()
         }
-    (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+    write_text(out / "bench.json", json.dumps(results, indent=2, default=float))
     return results
 
 
@@ -321,5 +320,5 @@ def main(args):
     results = run_bench(root=args.root, out=args.out, device=args.device, steps=args.steps,
                         batch_sizes=args.batch_sizes, verbose=not args.quiet)
     report = format_tables(results)
-    Path(args.out, "bench.md").write_text(report + "\n")
+    write_text(Path(args.out, "bench.md"), report + "\n")
     print(report)

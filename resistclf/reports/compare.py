@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 
-from .. import AttackCache, ResistanceAttack, make_detector
+from .. import ResistanceAttack, make_detector
 from ..metrics import auroc, softmax_topk
 from ..models import MLP, SimpleCNN
 from ..plotting import plot_boxplots, plot_roc_curves
 from ._reference import load_dataset, reference_net
-from ._report import call_repr, environment, keep_first_timings, phase, rate, scored, table, \
-    with_interval, write_report
+from ._report import call_repr, environment, keep_first_timings, load_attack_cache, phase, \
+    rate, scored, table, with_interval, write_report
 
 NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: The networks: name -> (cache file, module, fraction of the training images).
@@ -86,7 +86,7 @@ def run_compare(dataset, root, *, out, download=False, seed=0, limit=1000, max_i
 
     attack = ResistanceAttack(max_iter=max_iter, verbose=verbose)
     cache_path = out / "attack-cache.npz"
-    cache = AttackCache.load(cache_path) if cache_path.exists() else AttackCache()
+    cache = load_attack_cache(cache_path)
     attacked, probas, cached = {}, {}, []
     for name, net in nets.items():
         phase_name = f"attack the test images: {name}"

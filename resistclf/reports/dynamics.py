@@ -18,7 +18,8 @@ from .. import ResistanceAttack, ResistanceMonitor
 from ..models import SimpleCNN, make_net
 from ..plotting import plot_curves
 from ._reference import load_dataset
-from ._report import call_repr, environment, keep_first_timings, phase, table, write_report
+from ._report import call_repr, environment, keep_first_timings, phase, read_json, table, \
+    write_json, write_report
 
 NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: History keys shown in skorch's epoch log; the monitor records more.
@@ -92,10 +93,10 @@ def _history(X_train, y_train, X_val, y_val, attack, info, path, verbose):
 
     Returns the history and whether it came from the cache.
     """
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved["info"] == json.loads(json.dumps(info)):
-            return saved["history"], True
+    saved = read_json(path)
+    if isinstance(saved, dict) and saved.get("info") == json.loads(json.dumps(info)) \
+            and isinstance(saved.get("history"), list):
+        return saved["history"], True
     monitor = ResistanceMonitor(X_val, y_val, attack=attack)
     net = make_net(SimpleCNN, max_epochs=info["epochs"], verbose=int(verbose),
                    n_classes=int(y_train.max()) + 1)
@@ -108,8 +109,7 @@ def _history(X_train, y_train, X_val, y_val, attack, info, path, verbose):
         net.fit(X_train, y_train)
     history = [{key: value for key, value in epoch.items() if key != "batches"}
                for epoch in net.history.to_list()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"info": info, "history": history}, indent=1))
+    write_json(path, {"info": info, "history": history}, indent=1)
     return history, False
 
 

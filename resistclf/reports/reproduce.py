@@ -14,12 +14,12 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from .. import AttackCache, ResistanceAttack, ResistanceClassifier, make_detector
+from .. import ResistanceAttack, ResistanceClassifier, make_detector
 from ..metrics import bootstrap_interval, detection_metrics, softmax_topk
 from ..plotting import plot_attack_traces, plot_histograms, plot_image_grid, plot_roc_curves
 from ._reference import load_dataset, reference_net
-from ._report import call_repr, environment, keep_first_timings, phase, table, with_interval, \
-    write_report
+from ._report import call_repr, environment, keep_first_timings, load_attack_cache, phase, \
+    table, with_interval, write_report
 
 #: The write-up's own figures (its networks, trained on the full training sets).
 WRITEUP = {
@@ -77,7 +77,7 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
         X_test, y_test = X_test[keep], y_test[keep]
 
     cache_path = out / "attack-cache.npz"
-    cache = AttackCache.load(cache_path) if cache_path.exists() else AttackCache()
+    cache = load_attack_cache(cache_path)
     attack = ResistanceAttack(max_iter=max_iter, verbose=verbose)
     clf = ResistanceClassifier(FrozenEstimator(net), attack=attack, cache=cache,
                                random_state=seed)
