@@ -1,5 +1,6 @@
 """The resistance attack: how hard it is to change a network's prediction."""
 
+import copy
 import os
 import time
 from dataclasses import dataclass, fields
@@ -8,6 +9,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from joblib import Parallel, delayed, effective_n_jobs
+from joblib.parallel import get_active_backend
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from torch.utils.data import Dataset, IterableDataset
@@ -426,9 +428,12 @@ class ResistanceAttack(BaseEstimator):
         # batch has the same shape. Each task's images are read only when joblib dispatches
         # it, which bounds the memory they take.
         size = min(batch_size, -(-len(images) // n_jobs))
+        # Threads would share the module, whose state each task changes and restores.
+        shared = getattr(get_active_backend()[0], "uses_threads", False)
         tasks = Parallel(n_jobs=self.n_jobs, batch_size=1, return_as="generator")(
-            delayed(_attack_task)((self, module, images.read(start, start + size), device,
-                                   batch_size, rank, return_trace))
+            delayed(_attack_task)((self, copy.deepcopy(module) if shared else module,
+                                   images.read(start, start + size), device, batch_size, rank,
+                                   return_trace))
             for start in range(0, len(images), size)
         )
         parts = []
