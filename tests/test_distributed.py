@@ -87,17 +87,70 @@ def test_dask_attack_is_identical_to_serial_and_leaves_the_module(module, cluste
     assert {task["worker"] for task in attack_tasks(stream)} == set(client.ncores())
 
 
+def test_parallel_backend_connects_to_a_scheduler(module, cluster, digits):
+    scheduler_cluster, _ = cluster
+    X = torch.tensor(digits[2][:20])
+    attack = ResistanceAttack(max_iter=20, batch_size=BATCH)
+    with parallel_backend(scheduler=scheduler_cluster.scheduler_address) as client:
+        assert client.scheduler.address == scheduler_cluster.scheduler_address
+        with get_task_stream(client) as stream:
+            distributed = attack(module, X)
+    assert len(attack_tasks(stream)) == 2  # 20 images, fewer than a batch per worker
+    assert_identical(distributed, attack(module, X))
+
+
+def test_parallel_backend_without_scheduler_sets_n_jobs():
+    import joblib
+
+    with parallel_backend(n_jobs=3) as client:
+        assert client is None and joblib.effective_n_jobs(None) == 3
+    assert joblib.effective_n_jobs(None) == 1
+
+
+def test_parallel_backend_without_dask_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    with pytest.raises(ImportError, match=r"pip install 'resistclf\[distributed\]'"), \
+            parallel_backend(scheduler="tcp://127.0.0.1:1"):
+        pass
+
+
+class Counting(nn.Module):
+    """``module``, counting its calls."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.calls = module, [0]
+
+    def forward(self, x):
+        self.calls[0] += 1
+        return self.module(x)
+
+
+def test_threading_backend_attacks_copies_of_the_module(module, digits):
+    """Threads would share the module, whose mode each task changes and restores."""
+    X = torch.tensor(digits[2][:64])
+    attack = ResistanceAttack(max_iter=30, batch_size=BATCH)
+    serial = attack(module, X)
+    counted, modes = Counting(module), [m.training for m in module.modules()]
+    with parallel_config(backend="threading", n_jobs=2):
+        threaded = attack(counted, X)
+    assert_identical(threaded, serial)
+    assert counted.calls == [0], "a task ran the caller's module, shared between threads"
+    assert [m.training for m in module.modules()] == modes
+    assert all(p.requires_grad for p in module.parameters())
+
+
+# Last: the cluster is left with a worker that its nanny is restarting.
 def test_dask_attack_survives_a_killed_worker(module, cluster, digits):
     _, client = cluster
-    X = torch.tensor(digits[2][:160])
-    attack = ResistanceAttack(max_iter=100, batch_size=BATCH)
+    X = torch.tensor(digits[2][:128])
+    attack = ResistanceAttack(max_iter=80, batch_size=BATCH)
     serial = attack(module, X)
-    slow = Slow(module, 0.002)  # ten tasks of at least 0.2 s
+    slow = Slow(module, 0.002)  # eight tasks of at least 0.16 s
     pids = client.run(os.getpid)
-    started = time.time()
-    killed = {}
-
-    attack_done = threading.Event()
+    started, killed, attack_done = time.time(), {}, threading.Event()
 
     def kill_a_busy_worker_after_the_first_result():
         deadline = time.monotonic() + PATIENCE
@@ -128,59 +181,3 @@ def test_dask_attack_survives_a_killed_worker(module, cluster, digits):
                   and event.get("worker") == killed["address"]]
     # The killed worker had tasks; they ran again elsewhere, and no data was lost with it.
     assert removal["processing-tasks"] and not removal["lost-scattered-tasks"]
-    client.wait_for_workers(2, timeout=PATIENCE)  # the nanny restarts it
-
-
-def test_parallel_backend_connects_to_a_scheduler(module, cluster, digits):
-    scheduler_cluster, _ = cluster
-    X = torch.tensor(digits[2][:20])
-    attack = ResistanceAttack(max_iter=20, batch_size=BATCH)
-    with parallel_backend(scheduler=scheduler_cluster.scheduler_address) as client:
-        assert client.scheduler.address == scheduler_cluster.scheduler_address
-        with get_task_stream(client) as stream:
-            distributed = attack(module, X)
-    assert len(attack_tasks(stream)) == 2  # 20 images, fewer than a batch per worker
-    assert_identical(distributed, attack(module, X))
-
-
-def test_parallel_backend_without_scheduler_sets_n_jobs():
-    import joblib
-
-    with parallel_backend(n_jobs=3) as client:
-        assert client is None and joblib.effective_n_jobs(None) == 3
-    assert joblib.effective_n_jobs(None) == 1
-
-
-def test_parallel_backend_without_dask_says_what_to_install(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
-    with pytest.raises(ImportError, match=r"pip install 'resistclf\[distributed\]'"):
-        with parallel_backend(scheduler="tcp://127.0.0.1:1"):
-            pass
-
-
-class Counting(nn.Module):
-    """``module``, counting its calls."""
-
-    def __init__(self, module):
-        super().__init__()
-        self.module, self.calls = module, [0]
-
-    def forward(self, x):
-        self.calls[0] += 1
-        return self.module(x)
-
-
-def test_threading_backend_attacks_copies_of_the_module(module, digits):
-    """Threads would share the module, whose mode each task changes and restores."""
-    X = torch.tensor(digits[2][:64])
-    attack = ResistanceAttack(max_iter=30, batch_size=BATCH)
-    serial = attack(module, X)
-    counted, modes = Counting(module), [m.training for m in module.modules()]
-    with parallel_config(backend="threading", n_jobs=2):
-        threaded = attack(counted, X)
-    assert_identical(threaded, serial)
-    assert counted.calls == [0], "a task ran the caller's module, shared between threads"
-    assert [m.training for m in module.modules()] == modes
-    assert all(p.requires_grad for p in module.parameters())

@@ -135,10 +135,9 @@ def test_attack_cache_load_missing_file_raises_file_not_found(tmp_path):
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "results.json"
     path.write_text("old")
-    with pytest.raises(RuntimeError, match="crash"):
-        with atomic_write(path) as file:
-            file.write(b"half of the new")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError, match="crash"), atomic_write(path) as file:
+        file.write(b"half of the new")
+        raise RuntimeError("crash")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["results.json"], "the temporary file was left behind"
 
@@ -212,7 +211,7 @@ def _small_net(small_mnist, out):
 
 @pytest.mark.parametrize("kind", ["torch", "pickle"])
 def test_reference_net_planted_weights_are_retrained(tmp_path, small_mnist, marker, kind):
-    net, info = _small_net(small_mnist, tmp_path)
+    net, _ = _small_net(small_mnist, tmp_path)
     trained = {name: value.clone() for name, value in net.module_.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a sound cache is reused silently

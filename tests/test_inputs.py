@@ -190,7 +190,7 @@ def test_preprocessing_equals_a_module_that_normalises_inside(rgb_module, rgb_im
     inside = nn.Sequential(Normalize(MEAN, STD), rgb_module)
     attack = ResistanceAttack(max_iter=60, batch_size=8, clip=(0, 1))
     expected = attack(inside, rgb_images, return_trace=True)
-    result = attack.set_params(preprocessing=dict(mean=MEAN, std=STD, axis=-3))(
+    result = attack.set_params(preprocessing={"mean": MEAN, "std": STD, "axis": -3})(
         rgb_module, rgb_images, return_trace=True)
     assert_identical(result, expected)
     np.testing.assert_array_equal(result.norm_trace, expected.norm_trace)
@@ -199,11 +199,11 @@ def test_preprocessing_equals_a_module_that_normalises_inside(rgb_module, rgb_im
 
 def test_preprocessing_broadcasts_as_numpy_does_without_axis(rgb_module, rgb_images):
     attack = ResistanceAttack(max_iter=30, batch_size=8)
-    with_axis = attack.set_params(preprocessing=dict(mean=MEAN, std=STD, axis=-3))(
+    with_axis = attack.set_params(preprocessing={"mean": MEAN, "std": STD, "axis": -3})(
         rgb_module, rgb_images)
     shaped = np.array([MEAN, STD])[:, :, None, None]
-    broadcast = ResistanceAttack(max_iter=30, batch_size=8, preprocessing=dict(
-        mean=shaped[0].tolist(), std=shaped[1].tolist()))(rgb_module, rgb_images)
+    broadcast = ResistanceAttack(max_iter=30, batch_size=8, preprocessing={
+        "mean": shaped[0].tolist(), "std": shaped[1].tolist()})(rgb_module, rgb_images)
     assert_identical(broadcast, with_axis)
 
 
@@ -211,7 +211,7 @@ def test_preprocessing_keeps_x_r_and_clip_in_pixel_units(rgb_module, rgb_images)
     mean, std = np.array(MEAN)[:, None, None], np.array(STD)[:, None, None]
     module = Recorder(rgb_module, lambda x: x.detach().clone())
     attack = ResistanceAttack(max_iter=40, batch_size=24, clip=(0.2, 0.8),
-                              preprocessing=dict(mean=MEAN, std=STD, axis=-3))
+                              preprocessing={"mean": MEAN, "std": STD, "axis": -3})
     result = attack(module, rgb_images, return_trace=True)
     pixels = [record.numpy() * std + mean for record in module.records]
     # The module sees (x + r - mean) / std; x + r stays in the clip box, in pixels.
@@ -225,7 +225,7 @@ def test_preprocessing_keeps_x_r_and_clip_in_pixel_units(rgb_module, rgb_images)
 
 def test_preprocessing_leaves_the_module_alone(rgb_module, rgb_images):
     keys = list(rgb_module.state_dict())
-    ResistanceAttack(max_iter=3, batch_size=8, preprocessing=dict(mean=0.5, std=0.2))(
+    ResistanceAttack(max_iter=3, batch_size=8, preprocessing={"mean": 0.5, "std": 0.2})(
         rgb_module, rgb_images)
     assert list(rgb_module.state_dict()) == keys
     assert isinstance(rgb_module, nn.Sequential) and len(rgb_module) == 4
@@ -238,8 +238,8 @@ def test_classifier_applies_preprocessing_to_predictions_and_attacks(rgb_module,
     attack = ResistanceAttack(max_iter=20, batch_size=8)
     plain = ResistanceClassifier(inside, attack=attack, random_state=0).fit(X, y)
     wrapped = ResistanceClassifier(
-        rgb_module, attack=clone(attack).set_params(preprocessing=dict(mean=MEAN, std=STD,
-                                                                       axis=-3)),
+        rgb_module, attack=clone(attack).set_params(preprocessing={"mean": MEAN, "std": STD,
+                                                                       "axis": -3}),
         random_state=0).fit(X, y)
     np.testing.assert_array_equal(wrapped.predict_proba(X), plain.predict_proba(X))
     np.testing.assert_array_equal(wrapped.transform(X), plain.transform(X))

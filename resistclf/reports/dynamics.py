@@ -18,8 +18,16 @@ from .. import ResistanceAttack, ResistanceMonitor
 from ..models import SimpleCNN, make_net
 from ..plotting import plot_curves
 from ._reference import load_dataset
-from ._report import call_repr, environment, keep_first_timings, phase, read_json, table, \
-    write_json, write_report
+from ._report import (
+    call_repr,
+    environment,
+    keep_first_timings,
+    phase,
+    read_json,
+    table,
+    write_json,
+    write_report,
+)
 
 NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: History keys shown in skorch's epoch log; the monitor records more.
