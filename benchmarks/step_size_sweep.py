@@ -17,6 +17,7 @@ import torch
 from resistclf import ResistanceAttack
 from resistclf.metrics import detection_metrics
 from resistclf.reports._reference import DATASETS, load_dataset, reference_net
+from resistclf.reports._report import write_json
 
 
 def sweep(dataset, root, out, step_sizes, seed=0):
@@ -57,7 +58,7 @@ def main():
     args = parser.parse_args()
     rows = [row for dataset in args.datasets
             for row in sweep(dataset, args.root, args.out, args.step_sizes)]
-    Path(args.out, "step_size_sweep.json").write_text(json.dumps(rows, indent=2))
+    write_json(Path(args.out, "step_size_sweep.json"), rows)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The resistance attack: how hard it is to change a network's prediction."""
 
+import copy
 import os
 import time
 from dataclasses import dataclass, fields
@@ -7,9 +8,11 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
+from joblib.parallel import get_active_backend
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from torch.utils.data import Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from ._nets import (
@@ -239,11 +242,15 @@ class ResistanceAttack(BaseEstimator):
         Where to run. None runs on the module's own device. Otherwise the
         module is moved there for the attack and moved back afterwards.
     n_jobs : int or None, default=None
-        Number of joblib workers, each attacking a share of the images with
-        its own copy of the module. None means 1. Use a process-based joblib
-        backend (loky, the default; or dask or ray through
-        ``joblib.parallel_config(backend=...)``) so that workers do not share
-        the module.
+        Number of joblib workers, each attacking batches of images with its
+        own copy of the module. None means 1 unless in a
+        :func:`joblib.parallel_config` context, as in scikit-learn: with
+        ``parallel_config(backend="dask")`` the attack then uses every worker
+        of the dask cluster. -1 means all CPUs. The images are split into
+        tasks of one batch each, so that a lost worker costs one task; the
+        results are the same as with ``n_jobs=1``. Use a process-based
+        backend (loky, the default; dask; ray) so that workers do not share
+        the module. See the user guide's page on scaling.
     verbose : bool, default=False
         Show a progress bar over images.
 
@@ -302,7 +309,7 @@ class ResistanceAttack(BaseEstimator):
         "early_exit": [Interval(Integral, 1, None, closed="left"), None],
         "channels_last": ["boolean"],
         "device": [str, torch.device, None],
-        "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
+        "n_jobs": [Integral, None],
         "verbose": ["verbose"],
     }
 
@@ -356,6 +363,9 @@ class ResistanceAttack(BaseEstimator):
             )
         if self.preprocessing is not None:
             _mean_and_std(self.preprocessing)
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs=0 has no meaning: give a positive number of workers, "
+                             "-1 for all CPUs, or None.")
         device = torch.device("cpu" if self.device is None else self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(
@@ -368,8 +378,8 @@ class ResistanceAttack(BaseEstimator):
             )
 
     @validate_params(
-        {"X": [torch.Tensor], "rank": [Interval(Integral, 0, None, closed="left")],
-         "return_trace": ["boolean"]},
+        {"X": [torch.Tensor, np.ndarray, Dataset],
+         "rank": [Interval(Integral, 0, None, closed="left")], "return_trace": ["boolean"]},
         prefer_skip_nested_validation=True,
     )
     def __call__(self, module, X, *, rank=0, return_trace=False):
@@ -382,8 +392,13 @@ class ResistanceAttack(BaseEstimator):
             It is run in eval mode with its parameters frozen; its mode,
             ``requires_grad`` flags and device are restored afterwards, also
             after an error.
-        X : torch.Tensor of shape (n_samples, ...)
-            The inputs; never modified.
+        X : torch.Tensor, ndarray or torch.utils.data.Dataset
+            The inputs, of shape (n_samples, ...); never modified. A NumPy
+            array may be memory-mapped (``np.load(path, mmap_mode="r")``) and
+            a map-style ``Dataset`` may return images or tuples whose first
+            element is the image (as torchvision's datasets do). Either is
+            read a batch at a time, so inputs larger than memory can be
+            attacked.
         rank : int, default=0
             Which of the module's ranked classes to attack away from. 0 is its
             prediction, the write-up's attack. ``rank=j`` attacks away from the
@@ -398,36 +413,42 @@ class ResistanceAttack(BaseEstimator):
         result : AttackResult
         """
         self._check_settings(return_trace)
-        if X.ndim < 2 or len(X) == 0:
-            raise ValueError(
-                f"X must hold at least one sample and have shape (n_samples, ...); "
-                f"got shape {tuple(X.shape)}."
-            )
-        module = self.preprocessed(module, X.shape[1:])
+        images = _Images(X)
+        module = self.preprocessed(module, images.sample_shape)
         device = module_device(module) if self.device is None else torch.device(self.device)
+        n_jobs = effective_n_jobs(self.n_jobs)
         batch_size = self.batch_size
         if batch_size == "auto":
-            batch_size = self._auto_batch_size(module, X, device)
-        n_jobs = self.n_jobs or 1
+            batch_size = self._auto_batch_size(module, X, device, n_jobs)
         if n_jobs == 1:
             # Counted in evaluations (max_iter + 1 per image), shown in images.
             evaluations = self.max_iter + 1
-            with tqdm(total=len(X) * evaluations, unit_scale=1 / evaluations, unit="img",
+            with tqdm(total=len(images) * evaluations, unit_scale=1 / evaluations, unit="img",
                       desc="resistance attack", disable=not self.verbose,
                       bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} img [{elapsed}<{remaining}, "
                                  "{rate_fmt}]") as progress:
-                return self._attack_chunk(module, X, device, batch_size, rank, return_trace,
-                                          progress.update)
-        chunks = np.array_split(np.arange(len(X)), n_jobs)
-        jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(self._attack_chunk)(module, X[chunk], device, batch_size, rank,
-                                        return_trace)
-            for chunk in chunks if len(chunk)
+                return self._attack_chunk(module, images, device, batch_size, rank,
+                                          return_trace, progress.update)
+        # One batch per task (fewer images when there are few): many small tasks, so that
+        # a lost worker costs one of them. Results do not depend on the split, since every
+        # batch has the same shape. Each task's images are read only when joblib dispatches
+        # it, which bounds the memory they take.
+        size = min(batch_size, -(-len(images) // n_jobs))
+        # Threads would share the module, whose state each task changes and restores.
+        shared = getattr(get_active_backend()[0], "uses_threads", False)
+        tasks = Parallel(n_jobs=self.n_jobs, batch_size=1, return_as="generator")(
+            delayed(_attack_task)((self, copy.deepcopy(module) if shared else module,
+                                   images.read(start, start + size), device, batch_size, rank,
+                                   return_trace))
+            for start in range(0, len(images), size)
         )
-        return AttackResult.concatenate(list(tqdm(
-            jobs, total=len(chunks), desc="resistance attack", unit="chunk",
-            disable=not self.verbose,
-        )))
+        parts = []
+        with tqdm(total=len(images), unit="img", desc="resistance attack",
+                  disable=not self.verbose) as progress:
+            for part in tasks:
+                parts.append(part)
+                progress.update(len(part))
+        return AttackResult.concatenate(parts)
 
     def preprocessed(self, module, sample_shape):
         """``module`` with ``preprocessing`` applied to its input (``module`` itself if None).
@@ -460,24 +481,27 @@ class ResistanceAttack(BaseEstimator):
         dtype, device = module_dtype(module), module_device(module)
         return Normalized(module, mean.to(device, dtype), std.to(device, dtype))
 
-    def _attack_chunk(self, module, X, device, batch_size, rank, return_trace,
+    def _attack_chunk(self, module, images, device, batch_size, rank, return_trace,
                       progress=None):
+        four_d = len(images.sample_shape) == 3
         with on_device(module, device), eval_mode(module), torch.enable_grad(), \
-                channels_last_weights(module, enabled=self.channels_last and X.dim() == 4):
-            return self._attack_images(module, X, device, batch_size, rank, return_trace,
+                channels_last_weights(module, enabled=self.channels_last and four_d):
+            return self._attack_images(module, images, device, batch_size, rank, return_trace,
                                        progress or (lambda count: None))
 
-    def _attack_images(self, module, X, device, batch_size, rank, return_trace, progress):
-        """Attack the images of X through ``batch_size`` slots of a fixed-shape batch."""
-        n, dtype = len(X), module_dtype(module)
+    def _attack_images(self, module, images, device, batch_size, rank, return_trace,
+                       progress):
+        """Attack the images through ``batch_size`` slots of a fixed-shape batch."""
+        dtype = module_dtype(module)
         norm_of, norm_grad = _NORMS[self.norm]
         low, high = self.thresholds
         never = self.max_iter + 1
         autocast = torch.autocast(device.type, dtype=_PRECISIONS[self.precision],
                                   enabled=self.precision != "float32")
-        memory_format = (torch.channels_last if self.channels_last and X.dim() == 4
-                         else torch.contiguous_format)
-        slots = _Slots(X, batch_size, device, dtype, return_trace, self.max_iter, memory_format)
+        memory_format = (torch.channels_last if self.channels_last
+                         and len(images.sample_shape) == 3 else torch.contiguous_format)
+        slots = _Slots(images, batch_size, device, dtype, return_trace, self.max_iter,
+                       memory_format)
         r = torch.zeros_like(slots.x, requires_grad=True)
         optimizer = None
 
@@ -532,25 +556,106 @@ class ResistanceAttack(BaseEstimator):
                 progress(slots.finish(done, norm, never, r))
         return slots.result()
 
-    def _auto_batch_size(self, module, X, device):
+    def _auto_batch_size(self, module, X, device, n_jobs=1):
         """The smallest batch size within 10% of the best measured throughput."""
-        budget = _memory_budget(device) // (self.n_jobs or 1)
-        per_image = _bytes_per_image(module, X[:2].to(device), self.precision)
+        images = _Images(X)
+        # Workers on this machine share its memory; those of a cluster do not count.
+        budget = _memory_budget(device) // min(n_jobs, os.cpu_count() or 1)
+        per_image = _bytes_per_image(module, images.take(np.arange(min(2, len(images))))
+                                     .to(device), self.precision)
         best, throughput = None, {}
         for batch_size in 2 ** np.arange(4, 12):
             if batch_size * per_image > budget:
                 break
+            # The module is already preprocessed; time it here, in this process.
             timed = clone(self).set_params(max_iter=3, batch_size=int(batch_size),
-                                           early_exit=None, n_jobs=None, verbose=False)
-            images = X[torch.arange(batch_size) % len(X)]
-            timed(module, images[:1])  # warm-up at this shape
+                                           early_exit=None, preprocessing=None, n_jobs=1,
+                                           verbose=False)
+            batch = images.take(np.arange(batch_size) % len(images))
+            timed(module, batch[:1])  # warm-up at this shape
             start = time.perf_counter()
-            timed(module, images)
+            timed(module, batch)
             throughput[int(batch_size)] = batch_size / (time.perf_counter() - start)
             best = max(throughput.values())
-            if len(X) <= batch_size or throughput[int(batch_size)] < 0.8 * best:
+            if len(images) <= batch_size or throughput[int(batch_size)] < 0.8 * best:
                 break
         return min(b for b, t in throughput.items() if t >= 0.9 * best) if throughput else 16
+
+
+def _attack_task(task):
+    """One task of a parallel attack: ``(attack, module, images, *rest)``, ``images`` a tensor.
+
+    Everything comes packed in one tuple, which joblib's dask backend sends with the
+    task rather than scattering it to a single worker (tuples cannot be weakly
+    referenced): a task then never depends on data that a lost worker held, and the
+    scheduler can rerun it elsewhere.
+    """
+    attack, module, images, *rest = task
+    return attack._attack_chunk(module, _Images(images), *rest)
+
+
+class _Images:
+    """Read access to the images to attack, a few at a time.
+
+    ``X`` is a tensor, a NumPy array (a memory map is read only where asked) or a
+    map-style Dataset whose items are images or tuples starting with one.
+    """
+
+    def __init__(self, X):
+        if isinstance(X, IterableDataset) or (isinstance(X, Dataset) and not hasattr(
+                X, "__len__")):
+            raise TypeError("X must be a map-style Dataset, with __len__ and __getitem__; "
+                            f"got {type(X).__name__}.")
+        if isinstance(X, np.ndarray) and X.dtype.kind not in "biuf":
+            raise ValueError(f"X must hold numbers; got an array of dtype {X.dtype}.")
+        self.X, self.sample_shape = X, None
+        first = self.read(0, 1) if len(X) else None
+        if first is None or first.ndim < 2:
+            shape = (len(X), *(() if first is None else first.shape[1:]))
+            raise ValueError("X must hold at least one sample and have shape "
+                             f"(n_samples, ...); got shape {shape}.")
+        self.sample_shape = tuple(first.shape[1:])
+
+    def __len__(self):
+        return len(self.X)
+
+    def read(self, start, stop):
+        """Images ``start`` to ``stop - 1``, as a tensor (a new one, unless X is a tensor)."""
+        return self._rows(slice(start, stop))
+
+    def take(self, positions):
+        """The images at ``positions`` (an integer array), as a new tensor."""
+        return self._rows(np.asarray(positions))
+
+    def _rows(self, positions):
+        if isinstance(self.X, torch.Tensor):
+            return self.X[positions if isinstance(positions, slice)
+                          else torch.as_tensor(positions)]
+        if isinstance(self.X, np.ndarray):
+            rows = self.X[positions]
+            # A copy in native byte order: torch takes no other, and memory maps are read-only.
+            return torch.from_numpy(np.array(rows, dtype=rows.dtype.newbyteorder("=")))
+        numbers = (range(len(self.X))[positions] if isinstance(positions, slice)
+                   else positions.tolist())
+        items = [self._item(i) for i in numbers]
+        shapes = {tuple(item.shape) for item in items} | (
+            set() if self.sample_shape is None else {self.sample_shape})
+        if len(shapes) > 1:
+            raise ValueError(f"The Dataset's images differ in shape: {sorted(shapes)}.")
+        return torch.stack(items) if items else torch.zeros((0, *self.sample_shape))
+
+    def _item(self, i):
+        item = self.X[i]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        if isinstance(image, torch.Tensor):
+            return image
+        if isinstance(image, (np.ndarray, np.generic, Real)):
+            return torch.from_numpy(np.array(image))
+        raise TypeError(
+            f"Dataset items must be images (tensors or arrays) or tuples starting with one; "
+            f"item {i} is a {type(image).__name__} (give the Dataset a transform such as "
+            "torchvision's ToTensor)."
+        )
 
 
 def _mean_and_std(preprocessing):
@@ -564,9 +669,9 @@ def _mean_and_std(preprocessing):
     except (TypeError, ValueError) as exc:
         raise ValueError(f"preprocessing mean and std must be numbers or sequences of "
                          f"numbers; got {preprocessing!r}.") from exc
-    if not bool((std > 0).all()) or not bool(torch.isfinite(mean).all()):
-        raise ValueError(f"preprocessing std must be positive and mean finite; got "
-                         f"{preprocessing!r}.")
+    if not bool(((std > 0) & torch.isfinite(std)).all()) or not bool(torch.isfinite(mean).all()):
+        raise ValueError(f"preprocessing std must be positive and finite, and mean finite; "
+                         f"got {preprocessing!r}.")
     axis = preprocessing.get("axis")
     if axis is not None:
         if not isinstance(axis, Integral) or axis >= 0 or mean.ndim > 1 or std.ndim > 1:
@@ -582,21 +687,21 @@ def _mean_and_std(preprocessing):
 class _Slots:
     """The fixed-shape batch: which image each slot holds, and that image's bookkeeping.
 
-    A slot whose image is done takes the next image of ``X``; once ``X`` runs
+    A slot whose image is done takes the next image; once the images run
     out, slots stay idle (``image == -1``) but are still computed, so the
     module always sees ``size`` rows.
     """
 
-    def __init__(self, X, size, device, dtype, return_trace, max_iter, memory_format):
-        self.X, self.device, self.dtype, self.max_iter = X, device, dtype, max_iter
+    def __init__(self, images, size, device, dtype, return_trace, max_iter, memory_format):
+        self.images, self.device, self.dtype, self.max_iter = images, device, dtype, max_iter
         self.work = torch.promote_types(dtype, torch.float32)  # bookkeeping precision
         # .to() sets the strides even where they are ambiguous (one channel).
-        self.x = torch.zeros((size, *X.shape[1:]), dtype=dtype, device=device).to(
+        self.x = torch.zeros((size, *images.sample_shape), dtype=dtype, device=device).to(
             memory_format=memory_format)
         self.image = torch.full((size,), -1, dtype=torch.long, device=device)
         self.step = torch.zeros(size, dtype=torch.long, device=device)
         self.next_image = 0
-        n = len(X)
+        n = len(images)
         self.out = {name: torch.zeros(n, dtype=dtype_, device=device) for name, dtype_ in [
             ("res_n", self.work), ("res_max", self.work), ("res_min", torch.long),
             ("res_mean", self.work),
@@ -608,12 +713,12 @@ class _Slots:
 
     def _fill(self, free):
         free = free.nonzero().squeeze(1)
-        count = min(len(free), len(self.X) - self.next_image)
+        count = min(len(free), len(self.images) - self.next_image)
         take, idle = free[:count], free[count:]
-        images = torch.arange(self.next_image, self.next_image + count, device=self.device)
-        self.x[take] = self.X[self.next_image : self.next_image + count].to(self.device,
-                                                                          self.dtype)
-        self.image[take] = images
+        numbers = torch.arange(self.next_image, self.next_image + count, device=self.device)
+        self.x[take] = self.images.read(self.next_image, self.next_image + count).to(
+            self.device, self.dtype)
+        self.image[take] = numbers
         self.image[idle] = -1
         self.step[free] = 0
         self.next_image += count

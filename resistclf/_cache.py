@@ -2,7 +2,7 @@
 
 import hashlib
 import os
-import tempfile
+import secrets
 import zipfile
 from contextlib import contextmanager
 from dataclasses import fields
@@ -11,11 +11,14 @@ from pathlib import Path
 import joblib
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from ._attack import AttackResult
 
 #: The per-sample fields stored; traces are never cached.
 _CACHED_FIELDS = [f.name for f in fields(AttackResult) if not f.name.endswith("_trace")]
+#: Rows converted to float32 at once to compute their keys.
+_ROWS_AT_A_TIME = 1024
 #: Marks a file written by :meth:`AttackCache.save`, and its layout.
 _FORMAT = "resistclf.AttackCache/1"
 
@@ -65,7 +68,8 @@ class AttackCache:
         attack : ResistanceAttack
         module : torch.nn.Module
         X : ndarray of shape (n_samples, ...)
-            Converted to float32, as the attack sees it.
+            Converted to float32, as the attack sees it, a few rows at a time:
+            a memory-mapped array is not loaded whole.
         rank : int, default=0
 
         Returns
@@ -73,12 +77,16 @@ class AttackCache:
         result : AttackResult
             Without traces.
         """
-        X = np.asarray(X, dtype=np.float32)
+        if not isinstance(X, np.ndarray):
+            X = np.asarray(X, dtype=np.float32)
         prefix = repr((_fingerprint(module), _settings(attack), rank)).encode()
-        keys = [_key(prefix, row) for row in X]
-        missing = [i for i, key in enumerate(keys) if key not in self._store]
-        if missing:
-            fresh = attack(module, torch.tensor(X[missing]), rank=rank)
+        keys = [_key(prefix, row)
+                for start in range(0, len(X), _ROWS_AT_A_TIME)
+                for row in np.asarray(X[start : start + _ROWS_AT_A_TIME], dtype=np.float32)]
+        missing = np.array([i for i, key in enumerate(keys) if key not in self._store],
+                           dtype=np.int64)
+        if len(missing):
+            fresh = attack(module, _Rows(X, missing), rank=rank)
             for j, i in enumerate(missing):
                 self._store[keys[i]] = tuple(getattr(fresh, name)[j] for name in _CACHED_FIELDS)
         rows = [self._store[key] for key in keys]
@@ -118,37 +126,67 @@ class AttackCache:
         ValueError
             If the file is not a cache written by :meth:`save` (corrupt, or of
             another kind, such as a pickle); the message names the file.
+        FileNotFoundError
+            If there is no such file.
         """
+        not_a_cache = f"{os.fspath(path)} is not an attack cache written by AttackCache.save"
         try:
-            with np.load(path, allow_pickle=False) as data:
-                if str(data["format"]) != _FORMAT:
-                    raise ValueError(f"its format is {str(data['format'])!r}, not {_FORMAT!r}")
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array, not an .npz archive")
+            with data:
+                if "format" not in data or str(data["format"]) != _FORMAT:
+                    raise ValueError(f"it does not say it is in the format {_FORMAT!r}")
                 keys = data["keys"]
                 columns = [data[name] for name in _CACHED_FIELDS]
+        except FileNotFoundError:
+            raise
         except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(
-                f"{os.fspath(path)} is not an attack cache written by AttackCache.save: {exc}"
-            ) from exc
-        if keys.dtype.kind != "U" or any(len(column) != len(keys) for column in columns):
-            raise ValueError(f"{os.fspath(path)} is not an attack cache written by "
-                             "AttackCache.save: its arrays do not line up.")
+            raise ValueError(f"{not_a_cache}: {exc}") from exc
+        if keys.dtype.kind != "U" or keys.ndim != 1 or any(
+                column.ndim != 1 or len(column) != len(keys) or column.dtype.kind not in "biuf"
+                for column in columns):
+            raise ValueError(f"{not_a_cache}: its arrays do not line up.")
         cache = cls()
         cache._store = dict(zip(keys.tolist(), zip(*columns)))
         return cache
 
 
+class _Rows(Dataset):
+    """The rows ``index`` of ``X`` as float32 tensors, read one at a time when asked."""
+
+    def __init__(self, X, index):
+        self.X, self.index = X, index
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.array(self.X[self.index[i]], dtype=np.float32))
+
+
 @contextmanager
 def atomic_write(path):
-    """A binary file that replaces ``path`` once it is complete, and only then."""
+    """A binary file that replaces ``path`` once it is complete, and only then.
+
+    The file is written under a temporary name in the same folder, flushed to
+    disk and renamed over ``path``, so that a crash or a second process never
+    leaves a half-written file. It gets the usual permissions (those the umask
+    leaves), as a file opened for writing would, so that a shared cache stays
+    readable to the others.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(descriptor, "wb") as file:
             yield file
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        temporary.unlink(missing_ok=True)
         raise
 
 

@@ -32,7 +32,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ._attack import FEATURE_NAMES, AttackResult, ResistanceAttack, check_feature_names
+from ._attack import (
+    FEATURE_NAMES,
+    AttackResult,
+    ResistanceAttack,
+    _Images,
+    check_feature_names,
+)
 from ._cache import AttackCache
 from ._nets import (
     check_net,
@@ -173,6 +179,14 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
     See Also
     --------
     ResistanceAttack : The attack, usable on its own with any torch module.
+
+    Notes
+    -----
+    ``X`` may be a memory-mapped array (``np.load(path, mmap_mode="r")``) of
+    float32 or float64: :meth:`transform`, the predictions and the attacks of
+    :meth:`fit` read it a batch at a time, so it may be larger than memory.
+    Arrays of other dtypes are converted, which loads them whole; so are the
+    samples a net trains on when :meth:`fit` trains it.
 
     Examples
     --------
@@ -538,7 +552,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         attack = self._attack_settings()
         if self.cache is not None:
             return self.cache.attack(attack, self._module(), X, rank=rank)
-        return attack(self._module(), _to_tensor(X), rank=rank)
+        return attack(self._module(), X, rank=rank)
 
     def _attack_settings(self):
         return ResistanceAttack() if self.attack is None else self.attack
@@ -550,10 +564,10 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         # Plain forward passes need far less memory than the attack's steps.
         batch_size = 256 if attack.batch_size == "auto" else attack.batch_size
         device = module_device(module) if attack.device is None else torch.device(attack.device)
-        X = _to_tensor(X).to(module_dtype(module))
+        images, dtype = _Images(X), module_dtype(module)
         with on_device(module, device), eval_mode(module), torch.no_grad():
             return torch.cat([
-                forward(module, X[i : i + batch_size].to(device)).float().cpu()
+                forward(module, images.read(i, i + batch_size).to(device, dtype)).float().cpu()
                 for i in range(0, len(X), batch_size)
             ])
 

@@ -23,7 +23,7 @@ def report(fake_mnist_root, fake_mnist_net, tmp_path_factory):
 def test_adversarial_writes_report_figures_and_caches(report):
     out, results = report
     for name in ["report.md", "results.json", "roc.png", "features.png", "examples.png",
-                 "adversarial-examples.joblib", "attack-cache.npz"]:
+                 "adversarial-examples.npz", "attack-cache.npz"]:
         assert (out / name).exists(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["n_clean"] == 30 and saved["n_train"] == 1000

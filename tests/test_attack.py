@@ -196,7 +196,7 @@ def test_attack_cuda_without_cuda_raises():
 @pytest.mark.parametrize(
     "module, X, match",
     [
-        (nn.Linear(4, 3), np.zeros((2, 4), dtype=np.float32), "torch.Tensor"),
+        (nn.Linear(4, 3), [[0.0] * 4] * 2, "torch.Tensor"),
         (nn.Linear(4, 3), torch.zeros(0, 4), "at least one sample"),
         (nn.Linear(4, 3), torch.zeros(4), "shape"),
         (nn.Linear(4, 3), torch.zeros(2, 5), "cannot take input of shape"),

@@ -10,6 +10,7 @@ import hashlib
 import json
 import time
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,8 +19,8 @@ from sklearn.model_selection import cross_val_predict
 
 from .. import make_detector
 from ..metrics import bootstrap_interval, detection_metrics
-from ..scores import DeepFoolResult, deepfool, input_margin, softmax_scores
-from ._report import read_arrays, table, with_interval, write_arrays
+from ..scores import SOFTMAX_SCORES, DeepFoolResult, deepfool, input_margin, softmax_scores
+from ._report import read_arrays, read_json, table, with_interval, write_arrays, write_json
 
 METRICS = {"auroc": "AUROC", "aurc": "AURC", "eaurc": "E-AURC", "augrc": "AUGRC",
            "fpr_at_95_tpr": "FPR at 95% TPR"}
@@ -71,19 +72,22 @@ def cached_competitor_scores(path, net_info, module, logits, X):
 
     The cache is keyed by how the net was trained (``net_info``) and the images' bytes.
     """
+    path = Path(path)
     key = json.dumps({"net": {k: v for k, v in net_info.items() if k != "train_seconds"},
                       "images": hashlib.blake2b(np.ascontiguousarray(X).tobytes(),
                                                 digest_size=16).hexdigest()}, sort_keys=True)
-    saved = read_arrays(path, key)
-    if saved is not None:
-        arrays, cost = saved
-        fooled = {k.removeprefix("deepfool_"): v for k, v in arrays.items()
-                  if k.startswith("deepfool_")}
+    fooled_fields = [f.name for f in fields(DeepFoolResult)]
+    names = [*SOFTMAX_SCORES, *ATTACK_DISTANCES, *(f"deepfool_{name}" for name in fooled_fields)]
+    saved = read_arrays(path.with_suffix(".npz"), ["key", *names])
+    cost = read_json(path.with_suffix(".json"))
+    if saved is not None and cost is not None and str(saved["key"]) == key:
+        fooled = {name: saved[f"deepfool_{name}"] for name in fooled_fields}
         fooled = DeepFoolResult(**{**fooled, "n_classes": int(fooled["n_classes"])})
-        return {k: v for k, v in arrays.items() if not k.startswith("deepfool_")}, cost, fooled
+        return {name: saved[name] for name in (*SOFTMAX_SCORES, *ATTACK_DISTANCES)}, cost, fooled
     scores, cost, fooled = competitor_scores(module, logits, X)
-    write_arrays(path, key, {**scores, **{f"deepfool_{f.name}": getattr(fooled, f.name)
-                                          for f in fields(fooled)}}, cost)
+    write_arrays(path.with_suffix(".npz"), key=np.array(key), **scores,
+                 **{f"deepfool_{name}": getattr(fooled, name) for name in fooled_fields})
+    write_json(path.with_suffix(".json"), cost)
     return scores, cost, fooled
 
 

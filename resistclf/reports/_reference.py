@@ -1,14 +1,16 @@
 """The study's data and reference network, shared by every report and benchmark."""
 
-import json
+import pickle
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from .._cache import atomic_write
 from ..datasets import load_fashion_mnist, load_mnist
 from ..models import SimpleCNN, make_net
+from ._report import read_json, warn_unreadable, write_json
 
 DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
 
@@ -68,12 +70,10 @@ def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, m
     info_path = cache.with_suffix(".json")
     net = make_net(module, max_epochs=epochs, verbose=int(verbose),
                    n_classes=int(y_train.max()) + 1, **module_params)
-    if cache.exists() and info_path.exists():
-        recorded = json.loads(info_path.read_text())
-        if {k: recorded.get(k) for k in info} == info:
-            net.initialize()
-            net.load_params(f_params=cache)
-            return net, recorded
+    recorded = read_json(info_path) if cache.exists() else None
+    if isinstance(recorded, dict) and {k: recorded.get(k) for k in info} == info \
+            and _load_weights(net, cache):
+        return net, recorded
     if verbose:
         print(f"Training {architecture} on {len(X_train)} images for {epochs} epochs...",
               file=sys.stderr)
@@ -82,10 +82,30 @@ def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, m
         torch.manual_seed(seed)
         net.fit(X_train, y_train)
     info["train_seconds"] = round(time.perf_counter() - start, 1)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    net.save_params(f_params=cache)
-    info_path.write_text(json.dumps(info, indent=2))
+    # The module's state dict, as skorch's save_params writes it.
+    with atomic_write(cache) as file:
+        torch.save(net.module_.state_dict(), file)
+    write_json(info_path, info)
     return net, info
+
+
+def _load_weights(net, path):
+    """Initialise ``net`` with the weights saved in ``path``, read without pickle.
+
+    Returns False (with a warning) if the file does not hold weights that fit the net.
+    """
+    with torch.random.fork_rng():  # the weights are replaced: leave torch's RNG alone
+        net.initialize()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not all(
+                isinstance(value, torch.Tensor) for value in state.values()):
+            raise ValueError("it does not hold a state dict of tensors")
+        net.module_.load_state_dict(state)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
+        warn_unreadable(path, f"it is not a state dict of this net's weights ({exc})")
+        return False
+    return True
 
 
 #: The attack's modes, as ``ResistanceAttack`` settings on top of the defaults (which are

@@ -1,4 +1,13 @@
-"""Writing a report: report.md, results.json and PNG figures in one folder."""
+"""Writing a report (report.md, results.json and PNG figures in one folder), and the files
+the study commands keep between runs.
+
+Every file a command reads back may have been written by someone else (``--out`` folders
+are shared between people and machines), so none is read with pickle: arrays are ``.npz``
+read with ``allow_pickle=False``, the rest JSON, and nets ``torch.load(weights_only=True)``.
+A file that cannot be read that way is reported with a warning that names it, and what it
+held is computed again. Every file is written under a temporary name and renamed once
+complete, so a crash or a second process never leaves half a file.
+"""
 
 import json
 import os
@@ -10,8 +19,10 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import joblib
 import numpy as np
 
+from .. import AttackCache
 from .._cache import atomic_write
 from ..metrics import bootstrap_interval
 
@@ -44,6 +55,44 @@ def phase(command, name, timings, verbose):
     timings[name] = round(time.perf_counter() - start, 1)
 
 
+@contextmanager
+def parallel_backend(n_jobs=None, scheduler=None):
+    """Where the attacks of a study command run, for its ``--n-jobs`` and ``--scheduler``.
+
+    Inside this context a :class:`~resistclf.ResistanceAttack` left at ``n_jobs=None``
+    uses the workers chosen here (and so do scikit-learn's estimators left at
+    ``n_jobs=None``); results are the same wherever the attack runs.
+
+    Parameters
+    ----------
+    n_jobs : int or None, default=None
+        Number of worker processes on this machine (joblib's loky backend); None
+        means 1 and -1 all CPUs. Ignored with ``scheduler``.
+    scheduler : str or None, default=None
+        Address of a running dask scheduler, such as ``"tcp://10.0.0.5:8786"``. A
+        :class:`distributed.Client` connects to it, and the attacks run on all of
+        its workers through joblib's dask backend.
+
+    Yields
+    ------
+    client : distributed.Client or None
+        The connected client, with ``scheduler``.
+    """
+    if scheduler is None:
+        with joblib.parallel_config(n_jobs=n_jobs):
+            yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise ImportError(
+            "--scheduler runs the attacks on a dask cluster, which needs dask.distributed. "
+            "Install the optional extra: pip install 'resistclf[distributed]'."
+        ) from exc
+    with Client(scheduler) as client, joblib.parallel_config(backend="dask"):
+        yield client
+
+
 def keep_first_timings(out, timings, cached):
     """Time each phase in ``cached`` as the run that computed it did.
 
@@ -51,10 +100,10 @@ def keep_first_timings(out, timings, cached):
     ``results.json`` in ``out``, if that records one, so that a rerun's report
     still tells what the work cost.
     """
-    path = Path(out) / "results.json"
-    previous = json.loads(path.read_text()).get("seconds", {}) if path.exists() else {}
+    previous = read_json(Path(out) / "results.json")
+    previous = previous.get("seconds") if isinstance(previous, dict) else None
     for name in cached:
-        if name in previous:
+        if isinstance(previous, dict) and isinstance(previous.get(name), (int, float)):
             timings[name] = previous[name]
 
 
@@ -102,13 +151,80 @@ def write_report(out, markdown, results, figures):
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
-        fig.savefig(out / f"{name}.png", dpi=110)
+        with atomic_write(out / f"{name}.png") as file:
+            fig.savefig(file, format="png", dpi=110)
         plt.close(fig)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_jsonable))
-    (out / "report.md").write_text(markdown)
+    write_json(out / "results.json", results)
+    write_text(out / "report.md", markdown)
     print(f"Wrote {out / 'report.md'}, results.json and {len(figures)} figures.", file=sys.stderr)
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path`` (UTF-8), atomically."""
+    with atomic_write(path) as file:
+        file.write(text.encode())
+
+
+def write_json(path, value, indent=2):
+    """Write ``value`` to ``path`` as JSON (NumPy numbers and arrays as plain ones), atomically."""
+    write_text(path, json.dumps(value, indent=indent, default=_jsonable))
+
+
+def read_json(path):
+    """What the JSON file ``path`` holds; None if it is missing or not JSON (with a warning)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        warn_unreadable(path, f"it is not JSON ({exc})")
+        return None
+
+
+def write_arrays(path, **arrays):
+    """Write ``arrays`` to ``path`` as an ``.npz`` file of plain arrays, atomically."""
+    with atomic_write(path) as file:
+        np.savez(file, **arrays)
+
+
+def read_arrays(path, names):
+    """The arrays ``names`` of the ``.npz`` file ``path``, read without pickle.
+
+    Returns None if the file is missing, or (with a warning) if it is not an
+    ``.npz`` file of plain arrays holding each of ``names``.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in names}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        reason = exc
+    except (AttributeError, TypeError):  # np.load gave a single array, not an archive
+        reason = "it is not an .npz archive"
+    warn_unreadable(path, f"it is not an .npz file of plain arrays {list(names)} ({reason})")
+    return None
+
+
+def load_attack_cache(path):
+    """The attack cache saved in ``path``; an empty one if there is none or it is unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return AttackCache()
+    try:
+        return AttackCache.load(path)
+    except ValueError as exc:
+        warn_unreadable(path, str(exc))
+        return AttackCache()
+
+
+def warn_unreadable(path, reason):
+    """Warn that the file ``path`` is ignored, and its content computed again."""
+    warnings.warn(f"Ignoring {path}: {reason}. What it held is computed again and the file "
+                  "replaced.", UserWarning, stacklevel=3)
 
 
 def _jsonable(value):
@@ -135,48 +251,3 @@ def with_interval(value, interval, percent=False, digits=3):
         return f(value)
     return f"{f(value)} [{f(interval[0])}, {f(interval[1])}]"
 
-
-@contextmanager
-def parallel_backend(scheduler):
-    """Send joblib's jobs (the attack's ``n_jobs``) to the dask scheduler at ``scheduler``.
-
-    With ``scheduler=None`` joblib's default backend is kept.
-    """
-    if scheduler is None:
-        yield
-        return
-    import joblib
-    from distributed import Client
-
-    with Client(scheduler) as client, joblib.parallel_config(backend="dask"):
-        yield client
-
-
-def write_arrays(path, key, arrays, info):
-    """Save ``arrays`` to ``path.npz`` and ``{"key": key, "info": info}`` to ``path.json``."""
-    path = Path(path)
-    with atomic_write(path.with_suffix(".npz")) as file:
-        np.savez(file, **arrays)
-    with atomic_write(path.with_suffix(".json")) as file:
-        file.write(json.dumps({"key": key, "info": info}, indent=1, default=_jsonable).encode())
-
-
-def read_arrays(path, key):
-    """``(arrays, info)`` saved by :func:`write_arrays` under ``key``, or None.
-
-    None if nothing was saved, if it was saved for another key, or if the files cannot be
-    read (with a warning that names them, so that the caller recomputes).
-    """
-    path = Path(path)
-    npz, record = path.with_suffix(".npz"), path.with_suffix(".json")
-    if not (npz.exists() and record.exists()):
-        return None
-    try:
-        saved = json.loads(record.read_text())
-        if saved["key"] != key:
-            return None
-        with np.load(npz, allow_pickle=False) as data:
-            return dict(data), saved["info"]
-    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        warnings.warn(f"Recomputing: {npz} or {record} cannot be read ({exc}).", stacklevel=2)
-        return None

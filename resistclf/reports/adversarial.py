@@ -18,14 +18,14 @@ import torch
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from tqdm.auto import tqdm
 
-from .. import AttackCache, ResistanceAttack, make_detector
+from .. import ResistanceAttack, make_detector
 from .._cache import _fingerprint
 from .._nets import eval_mode
 from ..metrics import auroc, tpr_at_fpr
 from ..plotting import plot_boxplots, plot_image_grid, plot_roc_curves
 from ._reference import attack_mode, load_dataset, mode_sentence, reference_net
-from ._report import call_repr, environment, keep_first_timings, parallel_backend, phase, \
-    scored, table, with_interval, write_report
+from ._report import call_repr, environment, keep_first_timings, load_attack_cache, \
+    parallel_backend, phase, read_arrays, scored, table, with_interval, write_arrays, write_report
 
 #: The attacks crafted: name -> (torchattacks class, its parameters, options).
 #: FGSM and PGD-Linf at the customary MNIST budgets; PGD takes 40 steps of 2.5 * eps / 40
@@ -93,7 +93,7 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
     fast : bool, default=False
         Attack in the fastest mode the benchmark found equivalent to exact mode.
     n_jobs : int or None, default=None
-        The resistance attack's ``n_jobs``.
+        Worker processes for the resistance attack (see ``parallel_backend``).
     scheduler : str or None, default=None
         Address of a dask scheduler to run the attack's jobs on.
     verbose : bool, default=True
@@ -120,15 +120,15 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
     cached = []
     with _phase("craft adversarial examples", timings, verbose):
         crafted, from_cache = _crafted(torchattacks, module, X, y, seed,
-                                       out / "adversarial-examples.joblib", verbose)
+                                       out / "adversarial-examples.npz", verbose)
         cached += ["craft adversarial examples"] if from_cache else []
         success = {name: _successful(module, crafted[name], y, name) for name in ATTACKS}
         adversarial = {name: crafted[name][success[name]] for name in ATTACKS}
 
     mode, settings = attack_mode(fast)
-    attack = ResistanceAttack(max_iter=max_iter, n_jobs=n_jobs, **settings)
+    attack = ResistanceAttack(max_iter=max_iter, **settings)
     with _phase("resistance of clean and adversarial images", timings, verbose), \
-            parallel_backend(scheduler):
+            parallel_backend(n_jobs, scheduler):
         result, n_fresh = _resistance(attack, module, [X, *adversarial.values()],
                                       out / "attack-cache.npz", verbose)
         cached += [] if n_fresh else ["resistance of clean and adversarial images"]
@@ -164,13 +164,16 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
 def _crafted(torchattacks, module, X, y, seed, path, verbose):
     """Each attack's adversarial version of every image in X, cached in ``path``.
 
-    Returns the examples and whether they came from the cache.
+    The cache is an ``.npz`` file of plain arrays: the key of what it was computed
+    from, the attacks' names and their examples, stacked. Returns the examples and
+    whether they came from the cache.
     """
     key = joblib.hash((_fingerprint(module), X, y, ATTACKS, seed, torchattacks.__version__))
-    if path.exists():
-        saved = joblib.load(path)
-        if saved["key"] == key:
-            return saved["examples"], True
+    saved = read_arrays(path, ["key", "names", "examples"])
+    if saved is not None and str(saved["key"]) == key \
+            and saved["names"].tolist() == list(ATTACKS) \
+            and saved["examples"].shape == (len(ATTACKS), *X.shape):
+        return dict(zip(ATTACKS, saved["examples"])), True
     images, labels = torch.from_numpy(np.array(X)), torch.from_numpy(np.array(y))
     examples = {}
     with eval_mode(module):
@@ -182,8 +185,8 @@ def _crafted(torchattacks, module, X, y, seed, path, verbose):
             with torch.random.fork_rng():  # PGD's random start
                 torch.manual_seed(seed)
                 examples[name] = crafter(images, labels).detach().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump({"key": key, "examples": examples}, path)
+    write_arrays(path, key=np.array(key), names=np.array(list(ATTACKS)),
+                 examples=np.stack(list(examples.values())))
     return examples, False
 
 
@@ -210,7 +213,7 @@ def _resistance(attack, module, parts, path, verbose):
 
     Returns the result and the number of images that were not cached yet.
     """
-    cache = AttackCache.load(path) if path.exists() else AttackCache()
+    cache = load_attack_cache(path)
     before = len(cache)
     images = np.concatenate(parts)
     for start in tqdm(range(0, len(images), CHUNK), desc="resistance attack",

@@ -8,7 +8,6 @@ used, and every mode of ``ATTACK_MODES`` attacks the whole MNIST and FashionMNIS
 each fast mode's conclusions are compared with exact mode's, with paired bootstrap intervals.
 """
 
-import json
 import multiprocessing
 import sys
 import time
@@ -21,11 +20,11 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import AttackCache, ResistanceAttack, ResistanceClassifier, make_detector
+from .. import ResistanceAttack, ResistanceClassifier, make_detector
 from ..metrics import auroc, bootstrap_interval, detection_metrics
 from ..models import SimpleCNN
 from ._reference import ATTACK_MODES, load_dataset, reference_net
-from ._report import environment, table
+from ._report import environment, load_attack_cache, read_json, table, write_json, write_text
 
 PRECISIONS = ("float32", "bfloat16")
 #: Memory formats timed: the default, and ``channels_last=True``.
@@ -230,8 +229,8 @@ def attack_every_mode(dataset, root, out, *, max_iter=500, seed=0, verbose=True)
     net, net_info = reference_net(X_train, y_train, cache=out / "net.pt", seed=seed,
                                   verbose=verbose)
     cache_path, timings_path = out / "attack-cache.npz", out / "timings.json"
-    cache = AttackCache.load(cache_path) if cache_path.exists() else AttackCache()
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    cache = load_attack_cache(cache_path)
+    timings = read_json(timings_path) or {}
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
     runs = {}
     for mode, settings in ATTACK_MODES.items():
@@ -247,7 +246,7 @@ def attack_every_mode(dataset, root, out, *, max_iter=500, seed=0, verbose=True)
             if len(cache) > before:
                 timings[f"{mode}, rank {rank}"] = round(time.perf_counter() - start, 1)
                 cache.save(cache_path)
-                timings_path.write_text(json.dumps(timings, indent=1))
+                write_json(timings_path, timings, indent=1)
         result = clf.attack_results(X)
         is_error = clf.classes_[result.c0] != y
         corrected = np.empty_like(y)
@@ -337,7 +336,7 @@ def kernel_stability(dataset, root, out, *, max_iter=500, seed=0, verbose=True):
     X, y = X[:STABILITY_IMAGES], y[:STABILITY_IMAGES]
     net, _ = reference_net(X_train, y_train, cache=out / "net.pt", seed=seed, verbose=verbose)
     cache_path = out / "attack-cache.npz"
-    cache = AttackCache.load(cache_path) if cache_path.exists() else AttackCache()
+    cache = load_attack_cache(cache_path)
     settings = {"batch size 256 (exact)": {}, "batch size 128": {"batch_size": 128},
                 "channels last": {"channels_last": True}}
     results = {}
@@ -463,7 +462,7 @@ def run_bench(*, root=None, out="results/bench", device="cpu", batch_sizes=(32, 
             results["stability"][dataset] = kernel_stability(
                 dataset, root, out / dataset, max_iter=max_iter, seed=seed, verbose=verbose)
         results["fast_mode"] = fastest_equivalent_mode(results["modes"])
-    (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+    write_json(out / "bench.json", results)
     return results
 
 
@@ -588,5 +587,5 @@ def main(args):
                         max_iter=args.max_iter, n_resamples=args.n_resamples,
                         verbose=not args.quiet)
     report = format_tables(results)
-    Path(args.out, "bench.md").write_text(report + "\n")
+    write_text(Path(args.out, "bench.md"), report + "\n")
     print(report)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from .. import AttackCache, ResistanceAttack
+from .. import ResistanceAttack
 from ..metrics import softmax_topk
 from ..models import MLP, SimpleCNN
 from ..plotting import plot_boxplots
@@ -31,8 +31,8 @@ from ._detection import (
     score_metrics,
 )
 from ._reference import attack_mode, load_dataset, mode_sentence, reference_net
-from ._report import call_repr, environment, keep_first_timings, parallel_backend, phase, rate, \
-    table, with_interval, write_report
+from ._report import call_repr, environment, keep_first_timings, load_attack_cache, \
+    parallel_backend, phase, rate, table, with_interval, write_report
 
 NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: The networks: name -> (cache file, module, fraction of the training images).
@@ -77,7 +77,7 @@ def run_compare(dataset, root, *, out, download=False, seed=0, limit=1000, max_i
     fast : bool, default=False
         Attack in the fastest mode the benchmark found equivalent to exact mode.
     n_jobs : int or None, default=None
-        The attack's ``n_jobs``.
+        Worker processes for the attack (see ``parallel_backend``).
     scheduler : str or None, default=None
         Address of a dask scheduler to run the attack's jobs on.
     verbose : bool, default=True
@@ -108,13 +108,13 @@ def run_compare(dataset, root, *, out, download=False, seed=0, limit=1000, max_i
                 module_params=params, verbose=verbose)
 
     mode, settings = attack_mode(fast)
-    attack = ResistanceAttack(max_iter=max_iter, n_jobs=n_jobs, verbose=verbose, **settings)
+    attack = ResistanceAttack(max_iter=max_iter, verbose=verbose, **settings)
     cache_path = out / "attack-cache.npz"
-    cache = AttackCache.load(cache_path) if cache_path.exists() else AttackCache()
+    cache = load_attack_cache(cache_path)
     attacked, logits, cached = {}, {}, []
     for name, net in nets.items():
         phase_name = f"attack the test images: {name}"
-        with _phase(phase_name, timings, verbose), parallel_backend(scheduler):
+        with _phase(phase_name, timings, verbose), parallel_backend(n_jobs, scheduler):
             before = len(cache)
             attacked[name] = cache.attack(attack, net.module_, X)
             cache.save(cache_path)

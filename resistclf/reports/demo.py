@@ -3,7 +3,6 @@
 Needs no download: scikit-learn ships the 1,797 8x8 digits.
 """
 
-import json
 import sys
 import time
 
@@ -14,6 +13,7 @@ from .. import ResistanceAttack, ResistanceClassifier
 from ..datasets import load_digits_images
 from ..metrics import detection_metrics, softmax_topk, topk_accuracy
 from ..models import SimpleCNN, make_net
+from ._report import write_json
 
 #: Fraction of the training split held out to fit the error detector.
 HELD_OUT = 0.2
@@ -144,5 +144,4 @@ def main(args):
     results = run_demo(seed=args.seed, max_iter=args.max_iter, verbose=not args.quiet)
     print(format_table(results))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)

@@ -18,8 +18,17 @@ from .. import ResistanceAttack, ResistanceMonitor
 from ..models import SimpleCNN, make_net
 from ..plotting import plot_curves
 from ._reference import attack_mode, load_dataset, mode_sentence
-from ._report import call_repr, environment, keep_first_timings, parallel_backend, phase, \
-    table, write_report
+from ._report import (
+    call_repr,
+    environment,
+    keep_first_timings,
+    parallel_backend,
+    phase,
+    read_json,
+    table,
+    write_json,
+    write_report,
+)
 
 NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: History keys shown in skorch's epoch log; the monitor records more.
@@ -55,7 +64,7 @@ def run_dynamics(dataset, root, *, out, download=False, seed=0, limit=300, epoch
     fast : bool, default=False
         Attack in the fastest mode the benchmark found equivalent to exact mode.
     n_jobs : int or None, default=None
-        The resistance attack's ``n_jobs``.
+        Worker processes for the resistance attack (see ``parallel_backend``).
     scheduler : str or None, default=None
         Address of a dask scheduler to run the attack's jobs on.
     verbose : bool, default=True
@@ -77,15 +86,12 @@ def run_dynamics(dataset, root, *, out, download=False, seed=0, limit=300, epoch
     # Even batches: the attack pads the last one to batch_size.
     batch_size = math.ceil(len(X_val) / math.ceil(len(X_val) / 256))
     mode, settings = attack_mode(fast)
-    attack = ResistanceAttack(max_iter=max_iter, batch_size=batch_size, n_jobs=n_jobs,
-                              **settings)
+    attack = ResistanceAttack(max_iter=max_iter, batch_size=batch_size, **settings)
     info = {"architecture": "SimpleCNN()", "optimizer": "Adam(lr=1e-3), batch_size=128",
             "epochs": epochs, "seed": seed, "n_train": int(len(X_train)),
-            "n_val": int(len(X_val)), "mode": mode,
-            # n_jobs does not change the results, so a cached history serves any n_jobs.
-            "attack": {k: v for k, v in attack.get_params().items() if k != "n_jobs"}}
+            "n_val": int(len(X_val)), "mode": mode, "attack": attack.get_params()}
     training = f"train {epochs} epochs, attacking {len(X_val)} images after each"
-    with _phase(training, timings, verbose), parallel_backend(scheduler):
+    with _phase(training, timings, verbose), parallel_backend(n_jobs, scheduler):
         history, from_cache = _history(X_train, y_train, X_val, y_val, attack, info,
                                        out / "history.json", verbose)
     results = {"dataset": dataset, **info, "n_test": int(len(X_test)),
@@ -103,10 +109,10 @@ def _history(X_train, y_train, X_val, y_val, attack, info, path, verbose):
 
     Returns the history and whether it came from the cache.
     """
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved["info"] == json.loads(json.dumps(info)):
-            return saved["history"], True
+    saved = read_json(path)
+    if isinstance(saved, dict) and saved.get("info") == json.loads(json.dumps(info)) \
+            and isinstance(saved.get("history"), list):
+        return saved["history"], True
     monitor = ResistanceMonitor(X_val, y_val, attack=attack)
     net = make_net(SimpleCNN, max_epochs=info["epochs"], verbose=int(verbose),
                    n_classes=int(y_train.max()) + 1)
@@ -119,8 +125,7 @@ def _history(X_train, y_train, X_val, y_val, attack, info, path, verbose):
         net.fit(X_train, y_train)
     history = [{key: value for key, value in epoch.items() if key != "batches"}
                for epoch in net.history.to_list()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"info": info, "history": history}, indent=1))
+    write_json(path, {"info": info, "history": history}, indent=1)
     return history, False
 
 

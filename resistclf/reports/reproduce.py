@@ -14,7 +14,7 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import StratifiedKFold
 
-from .. import AttackCache, ResistanceAttack, ResistanceClassifier
+from .. import ResistanceAttack, ResistanceClassifier
 from ..metrics import bootstrap_interval, softmax_topk
 from ..plotting import plot_attack_traces, plot_histograms, plot_image_grid, plot_roc_curves
 from ..scores import SOFTMAX_SCORES
@@ -36,6 +36,7 @@ from ._report import (
     call_repr,
     environment,
     keep_first_timings,
+    load_attack_cache,
     parallel_backend,
     phase,
     table,
@@ -81,7 +82,7 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
     fast : bool, default=False
         Attack in the fastest mode the benchmark found equivalent to exact mode.
     n_jobs : int or None, default=None
-        The attack's ``n_jobs``.
+        Worker processes for the attack (see ``parallel_backend``).
     scheduler : str or None, default=None
         Address of a dask scheduler to run the attack's jobs on.
     verbose : bool, default=True
@@ -106,11 +107,11 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
 
     mode, settings = attack_mode(fast)
     cache_path = out / "attack-cache.npz"
-    cache = AttackCache.load(cache_path) if cache_path.exists() else AttackCache()
-    attack = ResistanceAttack(max_iter=max_iter, n_jobs=n_jobs, verbose=verbose, **settings)
+    cache = load_attack_cache(cache_path)
+    attack = ResistanceAttack(max_iter=max_iter, verbose=verbose, **settings)
     clf = ResistanceClassifier(FrozenEstimator(net), attack=attack, cache=cache,
                                random_state=seed)
-    with parallel_backend(scheduler):
+    with parallel_backend(n_jobs, scheduler):
         n_cached = len(cache)
         with _phase("attack the test set", timings, verbose):
             # Fitting on the test set only gives access to its attack results;

@@ -1,0 +1,308 @@
+"""Files the project reads back are never unpickled: a planted pickle gives a clear error
+(the library) or a warning and a recomputation (the study commands), and its code never
+runs. Files are written whole or not at all.
+
+Every file the project reads, and the test that plants a pickle there:
+
+- an attack cache, ``AttackCache.load``: test_attack_cache_load_refuses_planted_files
+- ``attack-cache.npz`` of reproduce, compare and adversarial (``load_attack_cache``):
+  test_study_attack_cache_planted_is_recomputed, test_reproduce_recomputes_over_planted_files
+- ``net.pt`` and ``net.json`` (``reference_net``: every command, the bench and the step-size
+  sweep): test_reference_net_planted_weights_are_retrained,
+  test_reference_net_planted_info_is_retrained
+- ``results.json`` (``keep_first_timings``): test_keep_first_timings_ignores_planted_results,
+  test_reproduce_recomputes_over_planted_files
+- dynamics' ``history.json``: test_dynamics_planted_history_is_recomputed
+- adversarial's ``adversarial-examples.npz``: test_adversarial_planted_examples_are_recrafted
+- the bench's ``full-*.npz``: test_bench_planted_full_run_is_rerun
+"""
+
+import os
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+
+from resistclf import AttackCache, ResistanceAttack
+from resistclf._cache import atomic_write
+from resistclf.models import SimpleCNN
+from resistclf.reports import _report
+from resistclf.reports._reference import load_dataset, reference_net
+
+from .conftest import copy_net
+
+
+class Planted:
+    """Unpickling this creates the file ``marker``: a stand-in for any code at all."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def plant(path, marker, kind):
+    """Write to ``path`` a file whose loading with pickle would create ``marker``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps(Planted(marker)))
+    elif kind == "joblib":
+        joblib.dump(Planted(marker), path)
+    elif kind == "torch":  # a zip archive holding the pickle, as torch.save writes
+        torch.save({"weight": Planted(marker)}, path)
+    elif kind == "npz":  # an object array, pickled inside an .npz archive
+        with open(path, "wb") as file:
+            np.savez(file, format=np.array([Planted(marker)], dtype=object),
+                     keys=np.array([Planted(marker)], dtype=object))
+    return path
+
+
+KINDS = ["pickle", "joblib", "torch", "npz"]
+FIELDS = ["res_n", "res_max", "res_min", "res_mean", "adversarial_class", "c0", "conf0",
+          "flipped"]
+UNSAFE_LOADERS = {
+    "pickle": lambda path: pickle.loads(path.read_bytes()),
+    "joblib": joblib.load,
+    "torch": lambda path: torch.load(path, weights_only=False),
+    "npz": lambda path: np.load(path, allow_pickle=True)["keys"],
+}
+
+
+@pytest.fixture
+def marker(tmp_path):
+    marker = tmp_path / "planted-code-ran"
+    yield marker
+    assert not marker.exists(), "the planted pickle was loaded"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_planted_files_run_code_when_unpickled(tmp_path, kind):
+    """The plants are live: loading them with pickle would run their code."""
+    marker = tmp_path / "ran"
+    UNSAFE_LOADERS[kind](plant(tmp_path / "planted", marker, kind))
+    assert marker.exists()
+
+
+# ------------------------------------------------------------------------- library
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_attack_cache_load_refuses_planted_files(tmp_path, marker, kind):
+    path = plant(tmp_path / "attack-cache.npz", marker, kind)
+    with pytest.raises(ValueError, match=f"{path} is not an attack cache"):
+        AttackCache.load(path)
+
+
+@pytest.mark.parametrize(
+    "write, match",
+    [
+        (lambda file: file.write(b"not an archive"), "pickled"),
+        (lambda file: np.save(file, np.arange(3)), "single array"),
+        (lambda file: np.savez(file, results=np.arange(3)), "format"),
+        (lambda file: np.savez(file, format=np.array("resistclf.AttackCache/1"),
+                               keys=np.array(["a", "b"])), "res_n"),
+        (lambda file: np.savez(file, format=np.array("resistclf.AttackCache/1"),
+                               keys=np.arange(2), **{name: np.arange(2) for name in FIELDS}),
+         "do not line up"),
+    ],
+)
+def test_attack_cache_load_names_a_foreign_file(tmp_path, write, match):
+    path = tmp_path / "cache.npz"
+    with open(path, "wb") as file:
+        write(file)
+    with pytest.raises(ValueError, match=f"{path} is not an attack cache.*{match}"):
+        AttackCache.load(path)
+
+
+def test_attack_cache_load_names_a_truncated_file(tmp_path, trained_cnn, digits):
+    cache = AttackCache()
+    cache.attack(ResistanceAttack(max_iter=3, batch_size=8), trained_cnn.module_, digits[2][:4])
+    cache.save(tmp_path / "cache.npz")
+    data = (tmp_path / "cache.npz").read_bytes()
+    (tmp_path / "cache.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"{tmp_path / 'cache.npz'} is not an attack cache"):
+        AttackCache.load(tmp_path / "cache.npz")
+
+
+def test_attack_cache_load_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        AttackCache.load(tmp_path / "nothing.npz")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError, match="crash"), atomic_write(path) as file:
+        file.write(b"half of the new")
+        raise RuntimeError("crash")
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["results.json"], "the temporary file was left behind"
+
+
+def test_attack_cache_save_is_atomic(tmp_path, monkeypatch, trained_cnn, digits):
+    cache = AttackCache()
+    cache.attack(ResistanceAttack(max_iter=3, batch_size=8), trained_cnn.module_, digits[2][:4])
+    cache.save(tmp_path / "cache.npz")
+    before = (tmp_path / "cache.npz").read_bytes()
+
+    def savez_then_crash(file, **arrays):
+        file.write(b"PK partial archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", savez_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        cache.save(tmp_path / "cache.npz")
+    assert (tmp_path / "cache.npz").read_bytes() == before
+    assert os.listdir(tmp_path) == ["cache.npz"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_write_gives_the_permissions_the_umask_leaves(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        with atomic_write(tmp_path / "shared.npz") as file:
+            file.write(b"data")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "shared.npz").stat().st_mode & 0o777 == mode
+
+
+# ------------------------------------------------------------------ study commands
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_study_attack_cache_planted_is_recomputed(tmp_path, marker, kind):
+    path = plant(tmp_path / "attack-cache.npz", marker, kind)
+    with pytest.warns(UserWarning, match=f"Ignoring {path}"):
+        cache = _report.load_attack_cache(path)
+    assert len(cache) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_keep_first_timings_ignores_planted_results(tmp_path, marker, kind):
+    path = plant(tmp_path / "results.json", marker, kind)
+    timings = {"attack": 1.0}
+    with pytest.warns(UserWarning, match=f"Ignoring {path}: it is not JSON"):
+        _report.keep_first_timings(tmp_path, timings, ["attack"])
+    assert timings == {"attack": 1.0}
+
+
+def test_keep_first_timings_ignores_foreign_json(tmp_path):
+    for foreign in ["[1, 2]", '{"seconds": [1]}', '{"seconds": {"attack": "fast"}}']:
+        (tmp_path / "results.json").write_text(foreign)
+        timings = {"attack": 1.0}
+        _report.keep_first_timings(tmp_path, timings, ["attack"])
+        assert timings == {"attack": 1.0}
+
+
+@pytest.fixture(scope="module")
+def small_mnist(fake_mnist_root):
+    X_train, y_train, X_test, y_test = load_dataset("mnist", fake_mnist_root)
+    return X_train[:200], y_train[:200], X_test[:20], y_test[:20]
+
+
+def _small_net(small_mnist, out):
+    X, y, _, _ = small_mnist
+    return reference_net(X, y, cache=out / "net.pt", epochs=1, verbose=False,
+                         module_params={"channels": (4, 8), "hidden": 16})
+
+
+@pytest.mark.parametrize("kind", ["torch", "pickle"])
+def test_reference_net_planted_weights_are_retrained(tmp_path, small_mnist, marker, kind):
+    net, _ = _small_net(small_mnist, tmp_path)
+    trained = {name: value.clone() for name, value in net.module_.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a sound cache is reused silently
+        again, _ = _small_net(small_mnist, tmp_path)
+    assert all(torch.equal(again.module_.state_dict()[k], v) for k, v in trained.items())
+
+    plant(tmp_path / "net.pt", marker, kind)
+    with pytest.warns(UserWarning, match=f"Ignoring {tmp_path / 'net.pt'}: it is not a state"):
+        retrained, _ = _small_net(small_mnist, tmp_path)
+    # Trained again, from the same seed; and saved as plain weights.
+    assert all(torch.equal(retrained.module_.state_dict()[k], v) for k, v in trained.items())
+    state = torch.load(tmp_path / "net.pt", weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in trained.items())
+
+
+def test_reference_net_weights_of_another_net_are_retrained(tmp_path, small_mnist):
+    _small_net(small_mnist, tmp_path)
+    torch.save(SimpleCNN(channels=(2, 2), hidden=4).state_dict(), tmp_path / "net.pt")
+    with pytest.warns(UserWarning, match="net.pt: it is not a state dict of this net"):
+        net, _ = _small_net(small_mnist, tmp_path)
+    assert net.module_.state_dict().keys() == torch.load(tmp_path / "net.pt").keys()
+
+
+def test_reference_net_planted_info_is_retrained(tmp_path, small_mnist, marker):
+    _small_net(small_mnist, tmp_path)
+    plant(tmp_path / "net.json", marker, "pickle")
+    with pytest.warns(UserWarning, match=f"Ignoring {tmp_path / 'net.json'}: it is not JSON"):
+        _, info = _small_net(small_mnist, tmp_path)
+    assert info["epochs"] == 1 and "train_seconds" in info
+
+
+def test_dynamics_planted_history_is_recomputed(tmp_path, small_mnist, marker):
+    from resistclf.reports.dynamics import _history
+
+    X, y, X_val, y_val = small_mnist
+    attack = ResistanceAttack(max_iter=3, batch_size=20)
+    info = {"epochs": 1, "seed": 0, "attack": attack.get_params()}
+    path = plant(tmp_path / "history.json", marker, "pickle")
+    with pytest.warns(UserWarning, match=f"Ignoring {path}: it is not JSON"):
+        history, from_cache = _history(X, y, X_val, y_val, attack, info, path, False)
+    assert not from_cache and len(history) == 1
+    assert _history(X, y, X_val, y_val, attack, info, path, False) == (history, True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_adversarial_planted_examples_are_recrafted(tmp_path, trained_cnn, digits, marker,
+                                                    kind):
+    torchattacks = pytest.importorskip("torchattacks")
+    from resistclf.reports.adversarial import ATTACKS, _crafted
+
+    _, _, X, y = digits
+    path = plant(tmp_path / "adversarial-examples.npz", marker, kind)
+    plant(tmp_path / "adversarial-examples.joblib", marker, "joblib")  # the old name
+    with pytest.warns(UserWarning, match=f"Ignoring {path}"):
+        examples, from_cache = _crafted(torchattacks, trained_cnn.module_, X[:3], y[:3], 0,
+                                        path, False)
+    assert not from_cache and list(examples) == list(ATTACKS)
+    again, from_cache = _crafted(torchattacks, trained_cnn.module_, X[:3], y[:3], 0, path,
+                                 False)
+    assert from_cache
+    for name in ATTACKS:
+        np.testing.assert_array_equal(again[name], examples[name])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bench_planted_full_run_is_rerun(tmp_path, trained_cnn, digits, marker, kind):
+    from resistclf.reports.bench import full_test_set
+
+    X = torch.tensor(digits[2][:8])
+    settings = {"max_iter": 3, "batch_size": 8}
+    path = plant(tmp_path / "full-exact.npz", marker, kind)
+    with pytest.warns(UserWarning, match=f"Ignoring {path}"):
+        run = full_test_set(trained_cnn.module_, X, tmp_path, "exact", **settings)
+    again = full_test_set(trained_cnn.module_, X, tmp_path, "exact", **settings)
+    assert again["seconds"] == run["seconds"], "the rerun was not cached"
+    np.testing.assert_array_equal(again["res_n"], run["res_n"])
+
+
+def test_reproduce_recomputes_over_planted_files(fake_mnist_root, fake_mnist_net, tmp_path,
+                                                 marker):
+    from resistclf.reports.reproduce import run_reproduce
+
+    out = tmp_path / "report"
+    copy_net(fake_mnist_net, out)
+    plant(out / "attack-cache.npz", marker, "npz")
+    plant(out / "results.json", marker, "pickle")
+    with pytest.warns(UserWarning) as caught:
+        results = run_reproduce("mnist", fake_mnist_root, out=out, limit=150, max_iter=10,
+                                n_resamples=10, verbose=False)
+    ignored = {str(w.message).split(":")[0] for w in caught if "Ignoring" in str(w.message)}
+    assert ignored == {f"Ignoring {out / 'attack-cache.npz'}", f"Ignoring {out / 'results.json'}"}
+    assert results["n_test"] == 150
+    assert len(AttackCache.load(out / "attack-cache.npz")) > 0
+    assert _report.read_json(out / "results.json")["n_test"] == 150
