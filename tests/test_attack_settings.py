@@ -49,9 +49,9 @@ def test_attack_rejects_settings_past_the_edges(params, match):
 @pytest.mark.parametrize("preprocessing, match", [
     ({"mean": 0.5, "scale": 2.0}, r"takes the keys mean, std and axis; got \['scale'\]"),
     ({"mean": "grey"}, "mean and std must be numbers or sequences of numbers"),
-    ({"std": 0.0}, "std must be positive and mean finite"),
-    ({"std": (1.0, -1.0), "axis": -3}, "std must be positive and mean finite"),
-    ({"mean": float("nan")}, "std must be positive and mean finite"),
+    ({"std": 0.0}, "std must be positive and finite, and mean finite"),
+    ({"std": (1.0, -1.0), "axis": -3}, "std must be positive and finite, and mean finite"),
+    ({"mean": float("nan")}, "std must be positive and finite, and mean finite"),
     ({"mean": (0.5, 0.5), "axis": 0}, "axis must be a negative integer"),
     ({"mean": (0.5, 0.5), "axis": -1.0}, "axis must be a negative integer"),
     ({"mean": [[0.5, 0.5]], "axis": -3}, "axis must be a negative integer"),

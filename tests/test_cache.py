@@ -147,7 +147,7 @@ def _misaligned(path):
 @pytest.mark.parametrize("write, match", [
     (_pickled, "is not an attack cache written by AttackCache.save"),
     (lambda path: path.write_bytes(b"PK\x03\x04 broken"), "is not an attack cache"),
-    (_other_npz, "its format is 'something else/1'"),
+    (_other_npz, "it does not say it is in the format 'resistclf.AttackCache/1'"),
     (_misaligned, "its arrays do not line up"),
 ], ids=["pickle", "corrupt", "other-format", "misaligned"])
 def test_cache_load_rejects_other_files(tmp_path, write, match):

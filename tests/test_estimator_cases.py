@@ -278,10 +278,9 @@ def test_classifier_clones_the_detector_and_leaves_it_untouched():
     default = ResistanceClassifier(FrozenEstimator(line_net(cuts=(-1.0, 1.0))), attack=ATTACK)
     default.fit(X, LABELS[y])
     assert isinstance(default.detector_, Pipeline)
-    assert [type(step).__name__ for step in default.detector_[:-1]] == [
-        "FunctionTransformer", "StandardScaler"]
+    assert [type(step).__name__ for step in default.detector_[:-1]] == ["QuantileTransformer"]
     assert isinstance(default.detector_[-1], LogisticRegression)
-    assert default.detector_[0].func is np.log1p
+    assert default.detector_[0].output_distribution == "normal"
 
 
 def test_classifier_features_select_the_columns_and_the_detector_inputs():

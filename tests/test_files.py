@@ -14,7 +14,10 @@ Every file the project reads, and the test that plants a pickle there:
   test_reproduce_recomputes_over_planted_files
 - dynamics' ``history.json``: test_dynamics_planted_history_is_recomputed
 - adversarial's ``adversarial-examples.npz``: test_adversarial_planted_examples_are_recrafted
-- the bench's ``full-*.npz``: test_bench_planted_full_run_is_rerun
+- the competitors' scores ``competitors*.npz`` and ``.json`` (reproduce, compare):
+  test_competitor_scores_planted_are_recomputed
+- the bench's ``timings.json`` (``read_json``, as every JSON file above):
+  test_bench_planted_timings_are_ignored
 """
 
 import os
@@ -277,17 +280,29 @@ def test_adversarial_planted_examples_are_recrafted(tmp_path, trained_cnn, digit
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_bench_planted_full_run_is_rerun(tmp_path, trained_cnn, digits, marker, kind):
-    from resistclf.reports.bench import full_test_set
+def test_competitor_scores_planted_are_recomputed(tmp_path, trained_cnn, digits, marker, kind):
+    from resistclf.reports._detection import cached_competitor_scores
 
-    X = torch.tensor(digits[2][:8])
-    settings = {"max_iter": 3, "batch_size": 8}
-    path = plant(tmp_path / "full-exact.npz", marker, kind)
+    X = digits[2][:16]
+    logits = trained_cnn.forward(X, training=False).numpy()
+    info = {"architecture": "tiny", "seed": 0}
+    plant(tmp_path / "competitors.npz", marker, kind)
+    plant(tmp_path / "competitors.json", marker, "pickle")
+    with pytest.warns(UserWarning, match="Ignoring"):
+        scores, cost, _ = cached_competitor_scores(tmp_path / "competitors", info,
+                                                   trained_cnn.module_, logits, X)
+    again, cost_again, _ = cached_competitor_scores(tmp_path / "competitors", info, None, None, X)
+    assert cost_again == cost, "the rerun was not cached"
+    np.testing.assert_array_equal(again["DeepFool distance"], scores["DeepFool distance"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bench_planted_timings_are_ignored(tmp_path, marker, kind):
+    from resistclf.reports._report import read_json
+
+    path = plant(tmp_path / "timings.json", marker, kind)
     with pytest.warns(UserWarning, match=f"Ignoring {path}"):
-        run = full_test_set(trained_cnn.module_, X, tmp_path, "exact", **settings)
-    again = full_test_set(trained_cnn.module_, X, tmp_path, "exact", **settings)
-    assert again["seconds"] == run["seconds"], "the rerun was not cached"
-    np.testing.assert_array_equal(again["res_n"], run["res_n"])
+        assert read_json(path) is None
 
 
 def test_reproduce_recomputes_over_planted_files(fake_mnist_root, fake_mnist_net, tmp_path,
