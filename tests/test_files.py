@@ -235,7 +235,16 @@ def test_reference_net_weights_of_another_net_are_retrained(tmp_path, small_mnis
     torch.save(SimpleCNN(channels=(2, 2), hidden=4).state_dict(), tmp_path / "net.pt")
     with pytest.warns(UserWarning, match="net.pt: it is not a state dict of this net"):
         net, _ = _small_net(small_mnist, tmp_path)
-    assert net.module_.state_dict().keys() == torch.load(tmp_path / "net.pt").keys()
+    assert net.module_.state_dict().keys() == torch.load(tmp_path / "net.pt",
+                                                         weights_only=True).keys()
+
+
+def test_reference_net_loaded_from_its_weights_knows_its_classes(tmp_path, small_mnist):
+    # Loading skips fit, where skorch learns the classes: the bench's verdicts need them.
+    trained, _ = _small_net(small_mnist, tmp_path)
+    loaded, _ = _small_net(small_mnist, tmp_path)
+    np.testing.assert_array_equal(loaded.classes_, trained.classes_)
+    np.testing.assert_array_equal(loaded.classes_, np.arange(10))
 
 
 def test_reference_net_planted_info_is_retrained(tmp_path, small_mnist, marker):

@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._cache import atomic_write
@@ -68,8 +69,11 @@ def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, m
     info = {"architecture": architecture, "epochs": epochs, "seed": seed,
             "n_train": int(len(X_train)), "optimizer": "Adam(lr=1e-3), batch_size=128"}
     info_path = cache.with_suffix(".json")
-    net = make_net(module, max_epochs=epochs, verbose=int(verbose),
-                   n_classes=int(y_train.max()) + 1, **module_params)
+    n_classes = int(y_train.max()) + 1
+    net = make_net(module, max_epochs=epochs, verbose=int(verbose), n_classes=n_classes,
+                   **module_params)
+    # A net loaded from its weights has not seen y: it needs its classes to be told.
+    net.classes = np.arange(n_classes)
     recorded = read_json(info_path) if cache.exists() else None
     if isinstance(recorded, dict) and {k: recorded.get(k) for k in info} == info \
             and _load_weights(net, cache):
