@@ -10,20 +10,26 @@ from resistclf.reports import bench
 from resistclf.reports.bench import (
     AUROC_TOLERANCE,
     PER_IMAGE,
-    fastest_equivalent_mode,
+    fastest_equivalent_modes,
     flops_per_image_step,
     format_tables,
     judge_modes,
 )
+from resistclf.reports._reference import ATTACK_MODES
+
+from .conftest import copy_net
 
 
-def test_bench_writes_every_table_and_skips_missing_peers(tmp_path, capsys, monkeypatch):
+def test_bench_writes_every_table_judges_every_mode_and_skips_missing_peers(
+        fake_mnist_root, fake_mnist_net, tmp_path, capsys, monkeypatch):
     def not_installed(*args):
         raise ImportError("no such package")
 
     monkeypatch.setitem(bench.PEERS, "Foolbox 3 L2PGD", (not_installed, "foolbox"))
+    copy_net(fake_mnist_net, tmp_path / "mnist")
     main(["bench", "--steps", "2", "--batch-sizes", "16", "32", "--out", str(tmp_path),
-          "--quiet"])
+          "--root", str(fake_mnist_root), "--datasets", "mnist", "--max-iter", "3",
+          "--n-resamples", "20", "--quiet"])
     results = json.loads((tmp_path / "bench.json").read_text())
     assert [(row["precision"], row["layout"], row["batch_size"])
             for row in results["throughput"]] == [
@@ -37,10 +43,28 @@ def test_bench_writes_every_table_and_skips_missing_peers(tmp_path, capsys, monk
     assert peers["peers"]["Foolbox 3 L2PGD"]["image_steps_per_s"] is None
     assert peers["peers"]["torchattacks PGDL2"]["image_steps_per_s"] > 0
     assert set(peers["resistclf"]) == {"exact", "bfloat16, channels last"}
+
+    judged = results["modes"]["mnist"]
+    assert set(ATTACK_MODES) <= set(judged) and set(judged["speed_seconds"]) == set(ATTACK_MODES)
+    assert judged["exact"]["speedup"] == 1.0
+    assert all(judged[mode]["speedup"] > 0 for mode in ATTACK_MODES)
+    chosen = results["fast_mode"]["mnist"]
+    assert chosen == "exact" or judged[chosen]["equivalent"]
+    stability = results["stability"]["mnist"]
+    exact_row = stability["settings"]["batch size 256 (exact)"]
+    assert exact_row["res_n_within_1pct"] == exact_row["res_min_identical"] == 1.0
+    assert 0 < stability["n_errors"] < stability["n_images"]
+
     report = capsys.readouterr().out
     assert "Foolbox 3 L2PGD | not installed" in report
     assert "torchattacks PGDL2 |" in report
+    assert "## Fast modes judged by the study's conclusions: mnist" in report
+    assert f"mnist: **{chosen}**" in report
     assert (tmp_path / "bench.md").read_text().strip() == report.strip()
+    # Attacking again finds everything cached: the timings stay as first measured.
+    _, _, info = bench.attack_every_mode("mnist", fake_mnist_root, tmp_path / "mnist",
+                                         max_iter=3, verbose=False)
+    assert info["timings"] == judged["timings"]
 
 
 def test_bench_flops_count_forward_and_input_gradient():
@@ -85,7 +109,7 @@ def test_bench_judge_modes_pairs_the_modes_and_flags_real_differences():
     assert "errors whose true label the adversarial class recovers" in judged["worse"]["failing"]
     # The AUROCs did not move: only the recovery conclusions fail.
     assert all(not name.startswith("AUROC") for name in judged["worse"]["failing"])
-    assert fastest_equivalent_mode({"d": judged}) == "exact"  # "same" is not in ATTACK_MODES
+    assert fastest_equivalent_modes({"d": judged}) == {"d": "exact"}  # "same" is no mode
 
 
 def test_bench_judge_modes_applies_the_auroc_tolerance():
@@ -100,16 +124,17 @@ def test_bench_judge_modes_applies_the_auroc_tolerance():
     assert not row["holds"]
 
 
-def test_bench_fastest_equivalent_mode_must_hold_on_every_dataset():
+def test_bench_fastest_equivalent_modes_are_chosen_per_dataset():
     def judged(**equivalent):
         return {mode: {"equivalent": ok, "speedup": speed}
                 for mode, (ok, speed) in equivalent.items()}
 
     modes = {"mnist": judged(**{"early exit": (True, 5.0), "all three": (True, 14.0)}),
              "fashion-mnist": judged(**{"early exit": (True, 6.0), "all three": (False, 15.0)})}
-    assert fastest_equivalent_mode(modes) == "early exit"
+    assert fastest_equivalent_modes(modes) == {"mnist": "all three",
+                                               "fashion-mnist": "early exit"}
     modes["fashion-mnist"]["early exit"]["equivalent"] = False
-    assert fastest_equivalent_mode(modes) == "exact"
+    assert fastest_equivalent_modes(modes)["fashion-mnist"] == "exact"
 
 
 def test_bench_format_tables_marks_failing_conclusions():
@@ -124,7 +149,9 @@ def test_bench_format_tables_marks_failing_conclusions():
                                 "naive_per_image_image_steps_per_s": 1,
                                 "speedup_over_naive": 1, "slowdown_vs_pgd": 0},
                "auto_batch_size": {"chosen": 16, "throughput_vs_best": 1},
-               "modes": {"mnist": {"net": {"n_train": 10}, "timings": {}, **judged}}}
+               "modes": {"mnist": {"net": {"n_train": 10}, "timings": {}, "speed_images": 8,
+                                  **judged}}}
     text = format_tables(results)
     assert "| errors whose true label the adversarial class recovers | 40 | **-30 [" in text
     assert "| verdict |  | not equivalent |" in text
+

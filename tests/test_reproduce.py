@@ -7,7 +7,8 @@ from resistclf import ResistanceAttack
 from resistclf.datasets import load_mnist
 from resistclf.reports import _detection
 from resistclf.reports._detection import COMPLEMENTS
-from resistclf.reports._reference import ATTACK_MODES, FAST_MODE
+from resistclf.reports import _reference
+from resistclf.reports._reference import ATTACK_MODES, FAST_MODES
 from resistclf.reports.reproduce import run_reproduce
 from resistclf.scores import SOFTMAX_SCORES
 
@@ -87,7 +88,18 @@ def test_reproduce_fast_runs_the_fast_mode_and_says_so(fake_mnist_root, fake_mni
     copy_net(fake_mnist_net, out)
     results = run_reproduce("mnist", fake_mnist_root, out=out, limit=60, max_iter=20,
                             n_resamples=10, fast=True, verbose=False)
-    assert results["mode"] == FAST_MODE != "exact"
-    for key, value in ATTACK_MODES[FAST_MODE].items():
+    mode = FAST_MODES["mnist"]
+    assert results["mode"] == mode != "exact"
+    for key, value in ATTACK_MODES[mode].items():
         assert results["attack"][key] == value, key
-    assert f"**fast mode** (`--fast`: {FAST_MODE}" in (out / "report.md").read_text()
+    assert f"**fast mode** (`--fast`: {mode}" in (out / "report.md").read_text()
+
+
+def test_reproduce_fast_without_an_equivalent_mode_runs_exact_and_says_so(monkeypatch):
+    monkeypatch.setitem(_reference.FAST_MODES, "fashion-mnist", "exact")
+    with pytest.warns(UserWarning, match="--fast runs exact mode on FashionMNIST"):
+        mode, settings = _reference.attack_mode(True, "fashion-mnist")
+    assert (mode, settings) == ("exact", {})
+    sentence = _reference.mode_sentence(mode, "fashion-mnist", True)
+    assert "`--fast` was given, but no fast mode reached" in sentence
+    assert "--fast" not in _reference.mode_sentence(mode, "fashion-mnist", False)

@@ -23,7 +23,7 @@ from .._cache import _fingerprint
 from .._nets import eval_mode
 from ..metrics import auroc, tpr_at_fpr
 from ..plotting import plot_boxplots, plot_image_grid, plot_roc_curves
-from ._reference import attack_mode, load_dataset, mode_sentence, reference_net
+from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import call_repr, environment, keep_first_timings, load_attack_cache, \
     parallel_backend, phase, read_arrays, scored, table, with_interval, write_arrays, write_report
 
@@ -43,7 +43,6 @@ ATTACKS = {
         {"target": "runner-up", "min_confidence": 0.9}),
 }
 ADAPTIVE, NON_ADAPTIVE = "high-confidence PGD eps=0.3", "PGD eps=0.3"
-NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 FOLDS = 5
 #: Images handed to the resistance attack between two saves of its cache.
 CHUNK = 1024
@@ -125,7 +124,7 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
         success = {name: _successful(module, crafted[name], y, name) for name in ATTACKS}
         adversarial = {name: crafted[name][success[name]] for name in ATTACKS}
 
-    mode, settings = attack_mode(fast)
+    mode, settings = attack_mode(fast, dataset)
     attack = ResistanceAttack(max_iter=max_iter, **settings)
     with _phase("resistance of clean and adversarial images", timings, verbose), \
             parallel_backend(n_jobs, scheduler):
@@ -144,7 +143,7 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
     results = {
         "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "test_accuracy": float(len(correct) / len(X_test)),
-        "n_clean": int(len(X)), "net": net_info, "attack": attack.get_params(), "mode": mode,
+        "n_clean": int(len(X)), "net": net_info, "attack": attack.get_params(), "mode": mode, "fast": fast,
         "adversarial_attacks": {name: {"torchattacks": cls, "params": params, **options}
                                 for name, (cls, params, options) in ATTACKS.items()},
         "torchattacks": torchattacks.__version__, "folds": FOLDS,
@@ -333,7 +332,7 @@ def _markdown(r):
         "the successful adversarial examples of one attack (positive). Resistance attack: "
         f"{r['attack']['max_iter']} steps of size {r['attack']['step_size']}, "
         f"{r['attack']['norm'].upper()} norm, the same as for error detection; "
-        f"{mode_sentence(r['mode'])}. Brackets hold "
+        f"{mode_sentence(r['mode'], r['dataset'], r['fast'])}. Brackets hold "
         f"bootstrap 95% intervals ({r['n_resamples']} resamples of the images).",
         "",
     ]

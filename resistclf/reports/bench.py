@@ -208,6 +208,8 @@ FOLDS = 5
 AUROC_TOLERANCE = 0.005
 #: Test images on which the agreement of the features across kernels is measured.
 STABILITY_IMAGES = 2000
+#: Random test images on which every mode is timed in one run.
+SPEED_IMAGES = 512
 FEATURE_LABELS = {"res_n": "Res_N", "res_max": "Res_max", "res_min": "Res_min",
                   "res_mean": "Res_mean"}
 
@@ -325,6 +327,30 @@ def judge_modes(runs, *, n_resamples=1000, seed=0):
             verdict["failing"] = [name for name, row in rows.items() if not row["holds"]]
         judged[mode] = {"conclusions": rows, **verdict}
     return judged
+
+
+def mode_speedups(dataset, root, out, *, max_iter=500, n_images=SPEED_IMAGES, seed=0,
+                   verbose=True):
+    """Each mode's speedup over exact mode, all timed in one run on the same images.
+
+    The whole-test-set attacks are cached and may have been timed while other work ran; these
+    ratios are not. ``n_images`` random test images (seed ``seed``) are attacked at ranks 0 to
+    2 in each mode, uncached, so that early exit is timed on a representative mix.
+    """
+    X_train, y_train, X, _ = load_dataset(dataset, root)
+    n_images = min(n_images, len(X))
+    X = X[np.sort(np.random.RandomState(seed).choice(len(X), n_images, replace=False))]
+    net, _ = reference_net(X_train, y_train, cache=Path(out) / "net.pt", seed=seed,
+                           verbose=verbose)
+    seconds = {}
+    for mode, settings in ATTACK_MODES.items():
+        attack = ResistanceAttack(max_iter=max_iter, verbose=verbose, **settings)
+        start = time.perf_counter()
+        for rank in range(3):
+            attack(net.module_, X, rank=rank)
+        seconds[mode] = time.perf_counter() - start
+    return {"n_images": n_images, "seconds": seconds,
+            "speedup": {mode: seconds["exact"] / value for mode, value in seconds.items()}}
 
 
 def kernel_stability(dataset, root, out, *, max_iter=500, seed=0, verbose=True):
@@ -455,23 +481,29 @@ def run_bench(*, root=None, out="results/bench", device="cpu", batch_sizes=(32, 
             runs, _, info = attack_every_mode(dataset, root, out / dataset, max_iter=max_iter,
                                               seed=seed, verbose=verbose)
             log(f"{dataset}: paired bootstrap of each conclusion")
+            judged = judge_modes(runs, n_resamples=n_resamples, seed=seed)
+            log(f"{dataset}: every mode timed in one run on {SPEED_IMAGES} images")
+            speed = mode_speedups(dataset, root, out / dataset, max_iter=max_iter, seed=seed,
+                                  verbose=verbose)
+            for mode, verdict in judged.items():
+                verdict["speedup"] = speed["speedup"][mode]
             results["modes"][dataset] = {"net": info["net"], "timings": info["timings"],
-                                         **judge_modes(runs, n_resamples=n_resamples,
-                                                       seed=seed)}
+                                         "speed_images": speed["n_images"],
+                                         "speed_seconds": speed["seconds"], **judged}
             log(f"{dataset}: features across kernels")
             results["stability"][dataset] = kernel_stability(
                 dataset, root, out / dataset, max_iter=max_iter, seed=seed, verbose=verbose)
-        results["fast_mode"] = fastest_equivalent_mode(results["modes"])
+        results["fast_mode"] = fastest_equivalent_modes(results["modes"])
     write_json(out / "bench.json", results)
     return results
 
 
-def fastest_equivalent_mode(modes):
-    """The fastest mode found equivalent to exact mode on every dataset ("exact" if none)."""
-    candidates = [mode for mode in ATTACK_MODES if mode != "exact" and all(
-        mode in judged and judged[mode]["equivalent"] for judged in modes.values())]
-    return max(candidates, default="exact", key=lambda mode: min(
-        judged[mode]["speedup"] for judged in modes.values()))
+def fastest_equivalent_modes(modes):
+    """Per dataset, the fastest mode found equivalent to exact mode there ("exact" if none)."""
+    return {dataset: max([mode for mode in ATTACK_MODES if mode != "exact" and mode in judged
+                          and judged[mode]["equivalent"]], default="exact",
+                         key=lambda mode: judged[mode]["speedup"])
+            for dataset, judged in modes.items()}
 
 
 def _cell(row):
@@ -541,21 +573,25 @@ def format_tables(results):
         lines.append(f"n_jobs=2 (one thread each) vs n_jobs=1 (two threads): "
                      f"{results['n_jobs_2_vs_1']:.2f}x the throughput.")
     for dataset, judged in results.get("modes", {}).items():
-        modes = [mode for mode in judged if mode not in ("net", "timings", "exact")]
+        modes = [mode for mode in ATTACK_MODES if mode in judged and mode != "exact"]
         lines += ["", f"## Fast modes judged by the study's conclusions: {dataset}", "",
                   f"Whole test set, reference CNN trained on {judged['net']['n_train']:,} "
                   "images; each mode attacks ranks 0-2 (top-5 needs all three). Each cell "
                   "gives the fast mode's difference from exact mode with its paired bootstrap "
                   f"95% interval; bold where the interval excludes 0 or an AUROC moves by more "
-                  f"than {AUROC_TOLERANCE}. Wall time: the three attacks of the test set.", "",
+                  f"than {AUROC_TOLERANCE}. Wall time: the three attacks of the whole test set, "
+                  "as first measured (other work was running on the machine at times); "
+                  f"speedup: all modes timed in one run on the same {judged['speed_images']} "
+                  "random test images, ranks 0-2.", "",
                   table(["conclusion", "exact", *modes],
                         [[name, _cell(judged["exact"]["conclusions"][name]),
                           *(_cell(judged[m]["conclusions"][name]) for m in modes)]
                          for name in judged["exact"]["conclusions"]]
-                        + [["wall time (speedup)",
+                        + [["wall time, whole test set",
                             f"{judged['exact']['seconds'] / 60:.1f} min",
-                            *(f"{judged[m]['seconds'] / 60:.1f} min "
-                              f"({judged[m]['speedup']:.1f}x)" for m in modes)],
+                            *(f"{judged[m]['seconds'] / 60:.1f} min" for m in modes)],
+                           ["speedup, measured in one run", "1.0x",
+                            *(f"{judged[m]['speedup']:.1f}x" for m in modes)],
                            ["verdict", "", *("equivalent" if judged[m]["equivalent"] else
                                              "not equivalent" for m in modes)]])]
     for dataset, stability in results.get("stability", {}).items():
@@ -575,8 +611,10 @@ def format_tables(results):
                           *(f"{row[f'auroc_{f}']:.4f}" for f in FEATURE_LABELS)]
                          for name, row in settings.items()])]
     if "fast_mode" in results:
-        lines += ["", f"`--fast` uses: **{results['fast_mode']}** (the fastest mode found "
-                  "equivalent on every dataset above)."]
+        lines += ["", "`--fast` uses the fastest mode found equivalent on the dataset at hand: "
+                  + "; ".join(f"{dataset}: **{mode}**"
+                              for dataset, mode in results["fast_mode"].items())
+                  + ". Where none is, it runs exact mode and the report says so."]
     return "\n".join(lines)
 
 

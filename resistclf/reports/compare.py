@@ -30,11 +30,10 @@ from ._detection import (
     risk_coverage_figure,
     score_metrics,
 )
-from ._reference import attack_mode, load_dataset, mode_sentence, reference_net
+from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import call_repr, environment, keep_first_timings, load_attack_cache, \
     parallel_backend, phase, rate, table, with_interval, write_report
 
-NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: The networks: name -> (cache file, module, fraction of the training images).
 #: "net.pt" is the reference CNN's file in every command's output folder.
 NETS = {
@@ -107,7 +106,7 @@ def run_compare(dataset, root, *, out, download=False, seed=0, limit=1000, max_i
                 X_train[train], y_train[train], cache=out / file, seed=seed, module=module,
                 module_params=params, verbose=verbose)
 
-    mode, settings = attack_mode(fast)
+    mode, settings = attack_mode(fast, dataset)
     attack = ResistanceAttack(max_iter=max_iter, verbose=verbose, **settings)
     cache_path = out / "attack-cache.npz"
     cache = load_attack_cache(cache_path)
@@ -132,7 +131,7 @@ def run_compare(dataset, root, *, out, download=False, seed=0, limit=1000, max_i
     results = {
         "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "n_images": int(len(X)), "nets": infos,
-        "attack": attack.get_params(), "mode": mode, "folds": FOLDS, "n_resamples": n_resamples,
+        "attack": attack.get_params(), "mode": mode, "fast": fast, "folds": FOLDS, "n_resamples": n_resamples,
         "environment": environment(), "comparison": analysis,
     }
     with _phase("figures and report", timings, verbose):
@@ -237,7 +236,7 @@ def _markdown(r):
         f"**{r['n_images']:,} test images** (a random subset of the {r['n_test']:,}, seed "
         f"{r['seed']}). Attack: {r['attack']['max_iter']} steps of size "
         f"{r['attack']['step_size']}, {r['attack']['norm'].upper()} norm; "
-        f"{mode_sentence(r['mode'])}. Each net's own errors are the positive class and every "
+        f"{mode_sentence(r['mode'], r['dataset'], r['fast'])}. Each net's own errors are the positive class and every "
         "score is oriented so that higher means more likely an error (AURC ×1000: lower is "
         f"better). Learned detectors are scored {r['folds']}-fold out-of-fold on each net's "
         "images, on the same folds. Brackets hold bootstrap 95% intervals "

@@ -17,7 +17,7 @@ import torch
 from .. import ResistanceAttack, ResistanceMonitor
 from ..models import SimpleCNN, make_net
 from ..plotting import plot_curves
-from ._reference import attack_mode, load_dataset, mode_sentence
+from ._reference import NAMES, attack_mode, load_dataset, mode_sentence
 from ._report import (
     call_repr,
     environment,
@@ -30,7 +30,6 @@ from ._report import (
     write_report,
 )
 
-NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 #: History keys shown in skorch's epoch log; the monitor records more.
 LOGGED = ["accuracy", "n_errors", "auroc_res_n", "auroc_max_softmax", "seconds"]
 
@@ -85,11 +84,11 @@ def run_dynamics(dataset, root, *, out, download=False, seed=0, limit=300, epoch
 
     # Even batches: the attack pads the last one to batch_size.
     batch_size = math.ceil(len(X_val) / math.ceil(len(X_val) / 256))
-    mode, settings = attack_mode(fast)
+    mode, settings = attack_mode(fast, dataset)
     attack = ResistanceAttack(max_iter=max_iter, batch_size=batch_size, **settings)
     info = {"architecture": "SimpleCNN()", "optimizer": "Adam(lr=1e-3), batch_size=128",
             "epochs": epochs, "seed": seed, "n_train": int(len(X_train)),
-            "n_val": int(len(X_val)), "mode": mode, "attack": attack.get_params()}
+            "n_val": int(len(X_val)), "mode": mode, "fast": fast, "attack": attack.get_params()}
     training = f"train {epochs} epochs, attacking {len(X_val)} images after each"
     with _phase(training, timings, verbose), parallel_backend(n_jobs, scheduler):
         history, from_cache = _history(X_train, y_train, X_val, y_val, attack, info,
@@ -171,7 +170,7 @@ def _markdown(r):
         f"for {r['epochs']} epochs on **{r['n_train']:,} training images**. After every epoch, "
         f"`ResistanceMonitor` attacks the same **{r['n_val']} test images** (a random subset of "
         f"the {r['n_test']:,}, seed {r['seed']}) with {r['attack']['max_iter']} steps of size "
-        f"{r['attack']['step_size']} ({mode_sentence(r['mode'])}) and records the values "
+        f"{r['attack']['step_size']} ({mode_sentence(r['mode'], r['dataset'], r['fast'])}) and records the values "
         "below in the net's history. AUROC "
         "treats the net's errors as positives; max-softmax is the baseline on the same net and "
         "images.",

@@ -31,7 +31,7 @@ from ._detection import (
     risk_coverage_figure,
     score_metrics,
 )
-from ._reference import attack_mode, load_dataset, mode_sentence, reference_net
+from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import (
     call_repr,
     environment,
@@ -50,7 +50,6 @@ WRITEUP = {
               "corrected": 53, "top2_error": 0.0009},
     "fashion-mnist": {"errors": 876, "corrected": 613, "top2_error": 0.026},
 }
-NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 FOLDS = 5
 
 
@@ -105,7 +104,7 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
         keep = np.sort(np.random.RandomState(seed).choice(len(X_test), limit, replace=False))
         X_test, y_test = X_test[keep], y_test[keep]
 
-    mode, settings = attack_mode(fast)
+    mode, settings = attack_mode(fast, dataset)
     cache_path = out / "attack-cache.npz"
     cache = load_attack_cache(cache_path)
     attack = ResistanceAttack(max_iter=max_iter, verbose=verbose, **settings)
@@ -152,7 +151,7 @@ def run_reproduce(dataset, root, *, out, download=False, seed=0, limit=None, max
     results.update({
         "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "net": net_info, "attack": attack.get_params(),
-        "mode": mode, "threshold_folds": FOLDS, "n_resamples": n_resamples,
+        "mode": mode, "fast": fast, "threshold_folds": FOLDS, "n_resamples": n_resamples,
         "environment": environment(), "traced_images": {"hard": int(hard), "easy": int(easy)},
     })
     with _phase("figures and report", timings, verbose):
@@ -330,7 +329,7 @@ def _markdown(r):
         + (f" (a random subset, `--limit {r['limit']}`)" if r["limit"] else "") + ". "
         f"Attack: {r['attack']['max_iter']} steps of size {r['attack']['step_size']}, "
         f"{r['attack']['norm'].upper()} norm, thresholds {tuple(r['attack']['thresholds'])}; "
-        f"{mode_sentence(r['mode'])}. Brackets hold bootstrap 95% intervals "
+        f"{mode_sentence(r['mode'], r['dataset'], r['fast'])}. Brackets hold bootstrap 95% intervals "
         f"({r['n_resamples']} resamples of the test images).",
         "",
     ]
