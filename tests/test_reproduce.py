@@ -33,8 +33,8 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
     assert list(saved["detection"]) == [
         "Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", *SOFTMAX_SCORES,
         "input-space margin", "DeepFool distance", "LR(resistance + max-softmax)",
-        "HGB(softmax)", "HGB(softmax + resistance)", "HGB(softmax + distances)",
-        "HGB(softmax + distances + resistance)"]
+        "LR(softmax)", "LR(softmax + resistance)", "LR(softmax + distances)",
+        "LR(softmax + distances + resistance)"]
     for metrics in saved["detection"].values():
         assert set(metrics) == {"auroc", "aurc", "eaurc", "augrc", "fpr_at_95_tpr"}
         low, high = metrics["aurc"]["ci"]

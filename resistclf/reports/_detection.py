@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.model_selection import cross_val_predict
 
 from .. import make_detector
@@ -91,45 +90,43 @@ def cached_competitor_scores(path, net_info, module, logits, X):
     return scores, cost, fooled
 
 
-def learned_scores(is_error, resistance, softmax, distances, folds, seed):
+def learned_scores(is_error, resistance, softmax, distances, folds):
     """Out-of-fold error scores of learned detectors, all on the same folds.
 
-    - ``LR(resistance)``: :func:`~resistclf.make_detector` on the write-up's three features;
-    - ``LR(resistance + max-softmax)``: the same detector with max-softmax added;
-    - ``HGB(...)``: gradient-boosted trees, which no monotone transform of an input can fool,
-      on the softmax-derived scores, with and without the resistance features and the
-      attack-based distances: the complementarity test.
-    """
-    def out_of_fold(learner, *blocks):
-        features = np.column_stack([score for block in blocks for score in block.values()])
-        return cross_val_predict(learner, features, is_error, cv=folds,
-                                 method="predict_proba")[:, 1]
+    Every one is :func:`~resistclf.make_detector`: each input is mapped to normal scores by its
+    quantiles, so that no monotone transform of an input (log(1 - p) or p itself) changes
+    what the logistic regression sees, and a combination does not lose to its best input.
+    (Gradient-boosted trees, the other learner with that property, scored 0.02 to 0.10
+    AUROC below max-softmax alone on a random 1,000 of the MNIST and FashionMNIST test
+    images, with 19 and 94 errors, whatever leaf size we tried.)
 
-    def boosted():
-        # Shallow, slow and with large leaves: with a few hundred errors among thousands of
-        # images, the defaults overfit and score below their best input (max-softmax).
-        return HistGradientBoostingClassifier(learning_rate=0.03, max_depth=2,
-                                              min_samples_leaf=200, max_iter=200,
-                                              random_state=seed)
+    - ``LR(resistance)``: the write-up's three features;
+    - ``LR(resistance + max-softmax)``: the same with max-softmax added;
+    - ``LR(softmax ...)``: the softmax-derived scores, with and without the resistance
+      features and the attack-based distances: the complementarity test.
+    """
+    def out_of_fold(*blocks):
+        features = np.column_stack([score for block in blocks for score in block.values()])
+        return cross_val_predict(make_detector(), features, is_error, cv=folds,
+                                 method="predict_proba")[:, 1]
 
     three = {name: resistance[name] for name in ("Res_N", "Res_max", "Res_min")}
     return {
-        "LR(resistance)": out_of_fold(make_detector(), three),
-        "LR(resistance + max-softmax)": out_of_fold(
-            make_detector(), three, {"max-softmax": softmax["max-softmax"]}),
-        "HGB(softmax)": out_of_fold(boosted(), softmax),
-        "HGB(softmax + resistance)": out_of_fold(boosted(), softmax, resistance),
-        "HGB(softmax + distances)": out_of_fold(boosted(), softmax, distances),
-        "HGB(softmax + distances + resistance)": out_of_fold(boosted(), softmax, distances,
-                                                             resistance),
+        "LR(resistance)": out_of_fold(three),
+        "LR(resistance + max-softmax)": out_of_fold(three,
+                                                    {"max-softmax": softmax["max-softmax"]}),
+        "LR(softmax)": out_of_fold(softmax),
+        "LR(softmax + resistance)": out_of_fold(softmax, resistance),
+        "LR(softmax + distances)": out_of_fold(softmax, distances),
+        "LR(softmax + distances + resistance)": out_of_fold(softmax, distances, resistance),
     }
 
 
 #: The complementarity test: (with, without) pairs of learned detectors.
 COMPLEMENTS = {
-    "resistance beyond the softmax": ("HGB(softmax + resistance)", "HGB(softmax)"),
+    "resistance beyond the softmax": ("LR(softmax + resistance)", "LR(softmax)"),
     "resistance beyond the softmax and the attack distances": (
-        "HGB(softmax + distances + resistance)", "HGB(softmax + distances)"),
+        "LR(softmax + distances + resistance)", "LR(softmax + distances)"),
     "LR(resistance + max-softmax) beyond max-softmax": ("LR(resistance + max-softmax)",
                                                         "max-softmax"),
 }

@@ -45,7 +45,7 @@ NETS = {
 BOXES = ["Res_N", "Res_max", "Res_min (steps)", "Res_mean", "1 - max-softmax (baseline)"]
 #: The scores compared across the networks in the overview table.
 OVERVIEW = ["Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", "max-softmax",
-            "input-space margin", "DeepFool distance", "HGB(softmax + resistance)"]
+            "input-space margin", "DeepFool distance", "LR(softmax + resistance)"]
 FOLDS = 5
 
 _phase = partial(phase, "compare")
@@ -178,7 +178,7 @@ def _analyse(result, logits, competitors, y, seed, n_resamples):
     resistance = resistance_scores(result)
     softmax = {name: competitors[name] for name in SOFTMAX_SCORES}
     distances = {name: competitors[name] for name in ATTACK_DISTANCES}
-    learned = learned_scores(is_error, resistance, softmax, distances, folds, seed)
+    learned = learned_scores(is_error, resistance, softmax, distances, folds)
     scores = {**resistance, "LR(resistance)": learned.pop("LR(resistance)"), **softmax,
               **distances, **learned}
     summary["detection"] = score_metrics(is_error, scores, n_resamples=n_resamples, seed=seed)
@@ -302,7 +302,7 @@ def _markdown(r):
         }
         lines += [detection_markdown(net["detection"], groups, net["cost"]), "",
                   "Does resistance add anything beyond the softmax? (Δ = with − without, paired "
-                  "bootstrap 95% interval; gradient-boosted trees on the same folds.)", "",
+                  "bootstrap 95% interval; `make_detector()` on the same folds.)", "",
                   complementarity_markdown(net["complementarity"]), ""]
     lines += [
         "## Settings, versions and timings",

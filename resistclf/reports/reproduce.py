@@ -175,7 +175,7 @@ def _scores(result, competitors, is_error, folds, seed):
     resistance = resistance_scores(result)
     softmax = {name: competitors[name] for name in SOFTMAX_SCORES}
     distances = {name: competitors[name] for name in ATTACK_DISTANCES}
-    learned = learned_scores(is_error, resistance, softmax, distances, folds, seed)
+    learned = learned_scores(is_error, resistance, softmax, distances, folds)
     return {**resistance, "LR(resistance)": learned.pop("LR(resistance)"), **softmax,
             **distances, **learned}
 
@@ -280,7 +280,7 @@ def _hard_and_easy(result, is_error):
 HISTOGRAMS = ["Res_N", "Res_max", "Res_min (steps)", "Res_mean", "1 - max-softmax (baseline)"]
 #: The scores drawn in the ROC and risk-coverage figures.
 SHOWN = ["Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", "max-softmax",
-         "input-space margin", "DeepFool distance", "HGB(softmax + resistance)"]
+         "input-space margin", "DeepFool distance", "LR(softmax + resistance)"]
 
 
 def _figures(is_error, scores, X, y, classes, logits, result, traced, hard, easy):
@@ -412,9 +412,8 @@ def _markdown(r):
         "rejects the highest scores first, as FD-Shifts (Jaeger et al., ICLR 2023) and Traub et "
         "al. (2024) do, with tied scores accepted in random order (the expectation, exactly). "
         "Learned detectors are scored on out-of-fold predictions only, all on the same folds: "
-        "LR is `make_detector()`, HGB scikit-learn's `HistGradientBoostingClassifier` (depth 2, "
-        "learning rate 0.03, 200 trees, leaves of at least 200 images, so that it does not "
-        "overfit a few hundred errors). Cost: "
+        "LR is `make_detector()` (a logistic regression on each input's normal scores, "
+        "taken from its quantiles). Cost: "
         "forward (F) and backward (B) passes per image, and the seconds measured for the whole "
         "test set on this machine.",
         "",
@@ -431,8 +430,9 @@ def _markdown(r):
         "## 4. Does resistance add anything beyond the softmax?",
         "",
         "The same learner, out-of-fold on the same folds, with and without the resistance "
-        "features (Res_N, Res_max, Res_min, Res_mean). Gradient-boosted trees cannot be fooled "
-        "by a monotone transform of an input, so a difference is information, not scaling. "
+        "features (Res_N, Res_max, Res_min, Res_mean). The detector sees each input through its "
+        "quantiles, so no monotone transform of an input changes it: a difference is "
+        "information, not scaling. "
         "Δ is (with) − (without) with its paired bootstrap 95% interval; resistance *adds* "
         "information when the interval excludes 0 (AUROC up, AURC down).",
         "",
