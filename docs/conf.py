@@ -100,6 +100,8 @@ torch.set_num_threads(1)
 # -- Markdown (the study's reports) ----------------------------------------------
 myst_enable_extensions = ["dollarmath"]
 myst_heading_anchors = 3
+# The bench's Markdown, included inside a section of fast_modes.rst, starts at "##".
+suppress_warnings = ["myst.header"]
 
 # -- HTML -------------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
