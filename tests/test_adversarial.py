@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from resistclf.cli import main
+from resistclf.reports._reference import ATTACK_MODES, FAST_MODES
 from resistclf.reports.adversarial import ATTACKS, DETECTORS, run_adversarial
 
 from .conftest import copy_net
@@ -77,7 +78,11 @@ def test_adversarial_cli_quick_run(fake_mnist_root, fake_mnist_net, tmp_path):
     out = tmp_path / "cli"
     copy_net(fake_mnist_net, out)
     main(["adversarial", "--dataset", "mnist", "--root", str(fake_mnist_root), "--out",
-          str(out), "--limit", "10", "--max-iter", "5", "--n-resamples", "5", "--quiet"])
+          str(out), "--limit", "10", "--max-iter", "5", "--n-resamples", "5", "--fast",
+          "--quiet"])
     saved = json.loads((out / "results.json").read_text())
     assert saved["n_clean"] == 10 and saved["attack"]["max_iter"] == 5
+    assert saved["mode"] == FAST_MODES["mnist"] and saved["fast"]
+    for key, value in ATTACK_MODES[FAST_MODES["mnist"]].items():
+        assert saved["attack"][key] == value, key
     assert np.isfinite(saved["clean"]["median"]["Res_N"])

@@ -1,6 +1,10 @@
+import json
+import shutil
+
 import pytest
 
 from resistclf.cli import main
+from resistclf.reports._reference import FAST_MODES
 from resistclf.reports.compare import NETS, OVERVIEW, run_compare
 
 from .conftest import copy_net
@@ -68,3 +72,16 @@ def test_study_commands_reject_bad_arguments(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_compare_cli_fast_runs_the_fast_mode_and_says_so(report, fake_mnist_root, tmp_path):
+    trained, _ = report
+    for file, _, _ in NETS.values():  # the nets, not their attacks
+        for path in (trained / file, (trained / file).with_suffix(".json")):
+            shutil.copy(path, tmp_path / path.name)
+    main(["compare", "--dataset", "mnist", "--root", str(fake_mnist_root), "--out",
+          str(tmp_path), "--limit", "40", "--max-iter", "5", "--n-resamples", "5", "--fast",
+          "--quiet"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["mode"] == FAST_MODES["mnist"] and saved["fast"]
+    assert f"`--fast`: {FAST_MODES['mnist']}" in (tmp_path / "report.md").read_text()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from resistclf.cli import main
+from resistclf.reports._reference import FAST_MODES
 from resistclf.reports.dynamics import run_dynamics
 
 
@@ -43,7 +44,10 @@ def test_dynamics_rerun_reuses_history(report, fake_mnist_root):
 
 def test_dynamics_cli_quick_run(fake_mnist_root, tmp_path):
     main(["dynamics", "--dataset", "mnist", "--root", str(fake_mnist_root), "--out",
-          str(tmp_path), "--limit", "20", "--epochs", "1", "--max-iter", "5", "--quiet"])
+          str(tmp_path), "--limit", "20", "--epochs", "1", "--max-iter", "5", "--fast",
+          "--quiet"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["epochs"] == 1 and saved["n_val"] == 20
+    assert saved["mode"] == FAST_MODES["mnist"] and saved["fast"]
+    assert f"`--fast`: {FAST_MODES['mnist']}" in (tmp_path / "report.md").read_text()
     assert np.isfinite(saved["history"][0]["resistance_accuracy"])
