@@ -25,8 +25,11 @@ and the quickest test files run first (``QUICK_FIRST`` there).
 A run that is stopped resumes where it left off, and a new run checks the survivors again (after
 new tests); ``--fresh`` starts the module over, as it must after the library code changed.
 
-Results go to ``build/mutation/report.md`` and ``report.json``: per module the mutants killed,
-survived, timed out and not reached, the score, the wall time, and the diff of every survivor.
+Results go to ``build/mutation/report.md`` and ``report.json``: per module the mutants run,
+killed (or timed out), survived and equivalent, the score over the mutants that are not
+equivalent, the wall time, the diff of every survivor, and each equivalent mutant with its
+reason. A survivor is equivalent only if ``EQUIVALENT`` below lists it, with the line it
+must have mutated and why no test can kill it.
 To look at one survivor in place: ``cd build/mutation/<module> && mutmut show <name>``.
 
 Left out of mutation, on purpose (``SKIPPED_FUNCTIONS``): functions whose output is a speed
@@ -53,6 +56,8 @@ MUTMUT = [str(Path(sys.executable).with_name("mutmut"))]
 TESTS = {
     "_attack": ["tests/test_attack_reference.py", "tests/test_attack_settings.py",
                 "tests/test_properties.py",
+                # memory maps, Datasets and preprocessing
+                "tests/test_inputs.py",
                 # test_attack.py's tests whose code paths the files above do not take
                 *(f"tests/test_attack.py::test_attack_{name}" for name in [
                     "never_flipped_is_marked", "does_not_modify_input",
@@ -65,9 +70,22 @@ TESTS = {
                     "n_jobs_gives_identical_results",
                     "auto_batch_size_respects_memory_budget"])],
     "_estimator": ["tests/test_estimator_cases.py", "tests/test_estimator.py",
-                   "tests/test_properties.py", "tests/test_cache.py", "tests/test_common.py"],
-    "metrics": ["tests/test_metrics.py"],
-    "_cache": ["tests/test_cache.py"],
+                   "tests/test_properties.py", "tests/test_cache.py", "tests/test_common.py",
+                   *(f"tests/test_inputs.py::test_classifier_{name}" for name in [
+                       "reads_a_memmap_a_batch_at_a_time",
+                       "applies_preprocessing_to_predictions_and_attacks"])],
+    "metrics": ["tests/test_metrics.py", "tests/test_risk_coverage.py"],
+    "_cache": ["tests/test_cache.py",
+               # test_files.py's tests of the cache's file (the rest there are the studies')
+               *(f"tests/test_files.py::test_{name}" for name in [
+                   "attack_cache_load_refuses_planted_files",
+                   "attack_cache_load_names_a_foreign_file",
+                   "attack_cache_load_names_a_truncated_file",
+                   "attack_cache_load_missing_file_raises_file_not_found",
+                   "atomic_write_keeps_the_old_file_when_writing_fails",
+                   "attack_cache_save_is_atomic",
+                   "atomic_write_gives_the_permissions_the_umask_leaves"]),
+               "tests/test_inputs.py::test_classifier_reads_a_memmap_a_batch_at_a_time"],
     "callbacks": ["tests/test_callbacks.py"],
     "scores": ["tests/test_scores.py"],
 }
@@ -75,6 +93,79 @@ TESTS = {
 SKIPPED_FUNCTIONS = {
     "_attack": ["xǁResistanceAttackǁ_auto_batch_size", "x__memory_budget",
                 "x__bytes_per_image"],
+}
+# Why a surviving mutant is *equivalent*: no test can tell it from the library, because it
+# computes the same thing (or, for ON_CPU, only differs on a GPU, which the machines that run
+# mutation testing and CI do not have).
+ON_CPU = ("device only: on a machine without a GPU every tensor and module is on the CPU, "
+          "whatever device is asked for or left out")
+FLOAT64_DEFAULT = ("numpy's default dtype is float64: astype(None) / dtype=None give the "
+                   "float64 the line asked for")
+RESULT_DTYPE_PROMOTED = ("the running minimum's initial inf in float32 instead of the "
+                         "distances' dtype: torch.minimum/torch.where promote it at the first "
+                         "class, and inf is exact in both")
+BATCH_SIZE_DEFAULT = ("default batch_size 256 -> 257: results do not depend on the batch size "
+                      "(the tests check batched against other batch sizes)")
+RETAIN_GRAPH = ("retain_graph=True on the last backward pass only keeps the graph alive "
+                "longer: memory, not values")
+DEFAULT_ARGUMENT = "drops or re-spells an argument's default value: the same call"
+
+#: Surviving mutants that no test can kill, and why: per module, a list of
+#: ``(names, line, reason)``. ``names`` is a regular expression over the mutant's name after
+#: ``resistclf.<module>.``; ``line`` one that the mutated line (the diff's ``+`` line) must
+#: match, so that an entry made stale by a change of the library (mutmut numbers the mutants
+#: of a function in order) counts its mutant as a survivor again instead of hiding it.
+EQUIVALENT = {
+    "metrics": [
+        (r"x__check_detection_input__mutmut_16", r"issubdtype\(None, np\.number\)",
+         "np.issubdtype(None, number) is True, so is_error of any dtype is accepted when all "
+         "its values are 0 or 1: only object arrays of 0/1 pass that were refused before, and "
+         "they convert to the right booleans"),
+        (r"x__check_detection_input__mutmut_36|x__risk_coverage_areas__mutmut_(19|21)",
+         r"\.astype\(None\)", FLOAT64_DEFAULT),
+        (r"x__risk_coverage_areas__mutmut_17", r"prepend=1\.0",
+         "the first block's H-difference is multiplied by E' - N' e / c = 0 (nothing is "
+         "accepted before the first block), so its value never counts"),
+        (r"x__fpr_at_tpr__mutmut_21", r"searchsorted\(.*, tpr, \)", DEFAULT_ARGUMENT
+         + " (searchsorted's side='left')"),
+        (r"x_softmax_topk__mutmut_6", r"argsort\(-np\.asarray\(proba\), kind",
+         DEFAULT_ARGUMENT + " (argsort's axis=-1 is axis 1 of the documented 2-D proba)"),
+        (r"x_softmax_topk__mutmut_12", r'kind="STABLE"',
+         DEFAULT_ARGUMENT + " (numpy reads sort kinds case-insensitively)"),
+        (r"x__percentile_interval__mutmut_(3|5)", r"np\.asarray\(values, (dtype=None)?\)",
+         "the statistic returns floats (documented), and a list of floats and NaNs is "
+         "float64 without asking"),
+    ],
+    "scores": [
+        (r"x__check_logits__mutmut_(2|4)", r"\.to\((None, )?torch\.float64\)", ON_CPU),
+        (r"x__check_logits__mutmut_21", r"\.astype\(None\)", FLOAT64_DEFAULT),
+        (r"x__top_and_gaps__mutmut_11", r"top\] = None",
+         "None stored in a bool array is False"),
+        (r"x__top_and_gaps__mutmut_22", r"reshape\(len\(z\), -2\)",
+         "numpy's reshape infers any negative size, -2 as -1"),
+        (r"x__batches__mutmut_(10|13)", r"\.to\((device=None, )?dtype=dtype, copy=True\)",
+         ON_CPU),
+        (r"x__batches__mutmut_(15|17)", r"\.to\(device=device, dtype=dtype, (copy=False)?\)",
+         "the batch is only read (deepfool clones it; input_margin makes it a leaf that "
+         "requires grad, which a module cannot write in place), and X is already a detached "
+         "tensor or a fresh float64 copy"),
+        (r"x__linearised_boundaries__mutmut_(4|6|13|15)",
+         r"torch\.arange\(n(_classes)?, (device=None)?\)", ON_CPU),
+        (r"x__linearised_boundaries__mutmut_(36|37)", r"retain_graph=column (<=|< n_classes \+)",
+         RETAIN_GRAPH),
+        (r"x_(input_margin|deepfool)__mutmut_3", r"batch_size=257", BATCH_SIZE_DEFAULT),
+        (r"x_input_margin__mutmut_(18|20|26|33|49|53)|x_deepfool__mutmut_(35|37|43|50)",
+         r"device = None|\(device is None\) or True|on_device\(module, None\)|"
+         r"batch_size, None\)|dtype=torch\.float64, (device=None)?\)", ON_CPU),
+        (r"x__deepfool_batch__mutmut_(7|9|13|16|20|23|27|30|49|53)",
+         r"device=None\)|torch\.arange\(n, \)|dtype=(torch\.bool|torch\.int64|xa\.dtype), \)",
+         ON_CPU),
+        (r"x_input_margin__mutmut_(48|52)|x__deepfool_batch__mutmut_(48|52)",
+         r"torch\.inf, (dtype=None, )?device=", RESULT_DTYPE_PROMOTED),
+        (r"x__deepfool_batch__mutmut_94", r"difference / squared_norm, 1\.0\)",
+         "scale only counts where the class is closer and its gradient non-zero: elsewhere "
+         "the step is not taken, or is -scale * 0 = 0"),
+    ],
 }
 #: Lines whose expressions are not mutated: the text of error messages and warnings.
 MESSAGE_LINES = [
@@ -161,8 +252,24 @@ def run(module, max_children, fresh):
     timings.write_text(json.dumps({**past, module: round(seconds)}, indent=1))
 
 
+def mutated_line(diff):
+    """The lines the mutant adds, from ``mutmut show``'s diff."""
+    return "\n".join(line[1:] for line in diff.splitlines()
+                     if line.startswith("+") and not line.startswith("+++"))
+
+
+def equivalence(module, name, diff):
+    """Why the surviving mutant ``name`` is equivalent (see EQUIVALENT), or None."""
+    short = name.removeprefix(f"resistclf.{module}.")
+    for names, line, reason in EQUIVALENT.get(module, []):
+        if re.fullmatch(names, short) and re.search(line, mutated_line(diff)):
+            return reason
+    return None
+
+
 def results(module):
-    """Status of every mutant of ``module``, and the diff of each survivor."""
+    """Status of every mutant of ``module``, the diff of each survivor, and the equivalent
+    survivors with their reason."""
     folder = WORK / module
     meta_path = folder / "mutants" / "resistclf" / f"{module}.py.meta"
     if not meta_path.exists():
@@ -174,18 +281,26 @@ def results(module):
         name, _, state = line.strip().rpartition(": ")
         if name.startswith(f"resistclf.{module}."):
             status[name] = "skipped" if skipped(module, name) else state
-    survivors = {}
+    survivors, equivalent = {}, {}
     for name, state in status.items():
         if state in ("survived", "no tests"):
             shown = subprocess.run([*MUTMUT, "show", name], cwd=folder, capture_output=True,
                                    text=True, env=environment())
-            survivors[name] = shown.stdout.strip()
+            diff = shown.stdout.strip()
+            reason = equivalence(module, name, diff)
+            if reason is None:
+                survivors[name] = diff
+            else:
+                equivalent[name] = {"line": mutated_line(diff).strip(), "reason": reason}
     counts = {state: sum(s == state for s in status.values()) for state in STATUSES}
     counts = {state: n for state, n in counts.items() if n}
     run_on = sum(n for state, n in counts.items() if state not in ("skipped", "not checked"))
-    score = counts.get("killed", 0) + counts.get("timeout", 0)
-    return {"counts": counts, "score": score / run_on if run_on else None,
-            "survivors": survivors}
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    not_equivalent = run_on - len(equivalent)
+    return {"counts": counts, "run": run_on, "killed": killed, "survived": len(survivors),
+            "equivalent": len(equivalent),
+            "score": killed / not_equivalent if not_equivalent else None,
+            "survivors": survivors, "equivalent_survivors": equivalent}
 
 
 def score_text(score):
@@ -201,19 +316,28 @@ def report():
         {module: {**r, "seconds": seconds.get(module)} for module, r in found.items()},
         indent=1))
     lines = ["# Mutation testing", "",
-             "Score: mutants killed (a test failed, or the run timed out) over mutants run.", "",
-             "| module | mutants run | killed | survived | score | wall time |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "Score: mutants killed (a test failed, or the run timed out) over the mutants run "
+             "that are not equivalent. An equivalent mutant is a survivor that no test can "
+             "kill; each is listed below with its reason (`EQUIVALENT` in "
+             "benchmarks/mutation.py). Wall time: the runs since the module's last `--fresh` "
+             "start, on the machine that ran them.", "",
+             "| module | mutants run | killed | survived | equivalent | score | wall time |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for module, r in found.items():
-        c = r["counts"]
-        run_on = sum(n for state, n in c.items() if state not in ("skipped", "not checked"))
-        lines.append(f"| {module} | {run_on} | {c.get('killed', 0) + c.get('timeout', 0)} | "
-                     f"{c.get('survived', 0) + c.get('no tests', 0)} | "
-                     f"{score_text(r['score'])} | {seconds.get(module, '?')} s |")
+        lines.append(f"| {module} | {r['run']} | {r['killed']} | {r['survived']} | "
+                     f"{r['equivalent']} | {score_text(r['score'])} | "
+                     f"{seconds.get(module, '?')} s |")
     for module, r in found.items():
         lines += ["", f"## {module}: survivors", ""]
+        if not r["survivors"]:
+            lines.append("None.")
         for name, diff in r["survivors"].items():
             lines += [f"### {name}", "", "```diff", diff, "```", ""]
+        lines += ["", f"## {module}: equivalent mutants", ""]
+        for name, e in r["equivalent_survivors"].items():
+            line = e["line"].replace("`", "'")
+            lines.append(f"- `{name.removeprefix(f'resistclf.{module}.')}`: `{line}`: "
+                         f"{e['reason']}.")
     (WORK / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:6 + len(found)]))
 
