@@ -56,8 +56,17 @@ MUTMUT = [str(Path(sys.executable).with_name("mutmut"))]
 TESTS = {
     "_attack": ["tests/test_attack_reference.py", "tests/test_attack_settings.py",
                 "tests/test_properties.py",
-                # memory maps, Datasets and preprocessing
-                "tests/test_inputs.py",
+                # memory maps, Datasets and preprocessing (not its n_jobs test: 50 s of
+                # starting worker processes, for the code test_attack.py's n_jobs test takes)
+                *(f"tests/test_inputs.py::test_{name}" for name in [
+                    "attack_memmap_gives_the_tensor_results",
+                    "attack_dataset_gives_the_tensor_results_reading_a_batch_at_a_time",
+                    "attack_bad_dataset_or_array_raises", "attack_memmap_is_not_modified",
+                    "preprocessing_equals_a_module_that_normalises_inside",
+                    "preprocessing_broadcasts_as_numpy_does_without_axis",
+                    "preprocessing_keeps_x_r_and_clip_in_pixel_units",
+                    "preprocessing_leaves_the_module_alone", "attack_bad_preprocessing_raises",
+                    "attack_preprocessing_must_be_a_dict"]),
                 # test_attack.py's tests whose code paths the files above do not take
                 *(f"tests/test_attack.py::test_attack_{name}" for name in [
                     "never_flipped_is_marked", "does_not_modify_input",
