@@ -96,21 +96,6 @@ TESTS = {
                    "atomic_write_gives_the_permissions_the_umask_leaves"]),
                "tests/test_inputs.py::test_classifier_reads_a_memmap_a_batch_at_a_time"],
     "callbacks": ["tests/test_callbacks.py"],
-    "_cache": [
-        (r"xǁAttackCacheǁattack__mutmut_2", r"if isinstance\(X, np\.ndarray\):",
-         "arrays are converted to float32 whole instead of a few rows at a time: the same "
-         "numbers (a float32 array is not even copied); only the memory a float64 memory map "
-         "takes differs"),
-        (r"xǁAttackCacheǁattack__mutmut_(5|7)", r"np\.asarray\(X, (dtype=None)?\)",
-         "the keys and the rows attacked (_Rows) are converted to float32 anyway"),
-        (r"xǁAttackCacheǁattack__mutmut_(31|33)", r"^\s*(dtype=None)?\)$",
-         "an array of a non-empty list of ints is int64 anyway, and an empty one is not used"),
-        (r"xǁAttackCacheǁload__mutmut_(5|7)", r"np\.load\(path, (allow_pickle=None)?\)",
-         DEFAULT_ARGUMENT + " (np.load's allow_pickle is False by default, and None is as "
-         "false)"),
-        (r"xǁAttackCacheǁload__mutmut_36", r'not in "XXbiufXX"',
-         "no dtype kind is 'X': the same kinds are accepted"),
-    ],
     "scores": ["tests/test_scores.py"],
 }
 #: Functions whose mutants are not run (see the module docstring), as mutmut names them.
@@ -159,6 +144,31 @@ EQUIVALENT = {
         (r"x__percentile_interval__mutmut_(3|5)", r"np\.asarray\(values, (dtype=None)?\)",
          "the statistic returns floats (documented), and a list of floats and NaNs is "
          "float64 without asking"),
+    ],
+    "_cache": [
+        (r"xǁAttackCacheǁattack__mutmut_2", r"if isinstance\(X, np\.ndarray\):",
+         "arrays are converted to float32 whole instead of a few rows at a time: the same "
+         "numbers (a float32 array is not even copied); only the memory a float64 memory map "
+         "takes differs"),
+        (r"xǁAttackCacheǁattack__mutmut_(5|7)", r"np\.asarray\(X, (dtype=None)?\)",
+         "the keys and the rows attacked (_Rows) are converted to float32 anyway"),
+        (r"xǁAttackCacheǁattack__mutmut_(31|33)", r"^\s*(dtype=None)?\)$",
+         "an array of a non-empty list of ints is int64 anyway, and an empty one is not used"),
+        (r"xǁAttackCacheǁload__mutmut_(5|7)", r"np\.load\(path, (allow_pickle=None)?\)",
+         DEFAULT_ARGUMENT + " (np.load's allow_pickle is False by default, and None is as "
+         "false)"),
+        (r"xǁAttackCacheǁload__mutmut_36", r'not in "XXbiufXX"',
+         "no dtype kind is 'X': the same kinds are accepted"),
+    ],
+    "callbacks": [
+        (r"xǁResistanceMonitorǁinitialize__mutmut_(3|5)",
+         r"np\.array\(self\.X_val, (dtype=None)?\)",
+         "the images stay float64 instead of float32, but the attack converts them to the "
+         "module's dtype as it reads them: the same float32 numbers"),
+        (r"xǁResistanceMonitorǁon_epoch_end__mutmut_79",
+         r"round\(time\.perf_counter\(\) - start, 3\)",
+         "seconds rounded to 1 ms instead of 10 ms: still the time the monitor took (the "
+         "tests read it from a fake clock to within 5 ms)"),
     ],
     "scores": [
         (r"x__check_logits__mutmut_(2|4)", r"\.to\((None, )?torch\.float64\)", ON_CPU),
