@@ -125,6 +125,11 @@ DEFAULT_ARGUMENT = "drops or re-spells an argument's default value: the same cal
 #: match, so that an entry made stale by a change of the library (mutmut numbers the mutants
 #: of a function in order) counts its mutant as a survivor again instead of hiding it.
 EQUIVALENT = {
+    "_estimator": [
+        (r"xǁResistanceClassifierǁpredict_topk__mutmut_17",
+         r"torch\.argsort\(self\._logits\(X\), descending=True\)",
+         DEFAULT_ARGUMENT + " (argsort's dim=-1 is dim 1 of the 2-D logits)"),
+    ],
     "metrics": [
         (r"x__check_detection_input__mutmut_16", r"issubdtype\(None, np\.number\)",
          "np.issubdtype(None, number) is True, so is_error of any dtype is accepted when all "

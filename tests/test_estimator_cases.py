@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from skorch import NeuralNetClassifier
 from torch import nn
 
-from resistclf import ResistanceAttack, ResistanceClassifier
+from resistclf import AttackCache, ResistanceAttack, ResistanceClassifier
 from resistclf._estimator import _best_threshold
 
 from .conftest import tiny_cnn_net
@@ -292,7 +292,8 @@ def test_classifier_features_select_the_columns_and_the_detector_inputs():
     expected = np.column_stack([results.res_mean, results.res_n])
     np.testing.assert_array_equal(clf.transform(X), expected)
     np.testing.assert_array_equal(LOG[0][2], expected)
-    assert list(clf.get_feature_names_out()) == ["res_mean", "res_n"]
+    names = clf.get_feature_names_out()
+    assert list(names) == ["res_mean", "res_n"] and names.dtype == object  # as scikit-learn's
 
 
 @pytest.mark.parametrize("features, match", [
@@ -482,6 +483,20 @@ def test_classifier_predict_topk_lists_attacks_then_the_nets_ranking():
             if label not in listed:
                 listed.append(label)
         np.testing.assert_array_equal(ranked[i], listed)
+
+
+@pytest.mark.filterwarnings("ignore:The net's predictions on the")
+def test_classifier_predict_topk_attacks_once_per_rank_it_lists():
+    # k=1 is the net's prediction: no attack; k=2 (the default) attacks rank 0; k>=3 attacks
+    # ranks 0, 1 and 2. The cache holds one entry per image and rank attacked.
+    rng = np.random.RandomState(2)
+    X, module = rng.randn(5, 6).astype(np.float32), _Linear(6, 20, seed=2)
+    clf = ResistanceClassifier(module, attack=ATTACK, threshold=0.5).fit(X, rng.randint(20, size=5))
+    for k, attacks, kwargs in [(1, 0, {"k": 1}), (2, 1, {}), (2, 1, {"k": 2}), (3, 3, {"k": 3}),
+                               (7, 3, {"k": 7})]:
+        cache = AttackCache()
+        assert clf.set_params(cache=cache).predict_topk(X, **kwargs).shape == (5, k)
+        assert len(cache) == 5 * attacks, kwargs
 
 
 @pytest.mark.filterwarnings("ignore:The net's predictions on the")
