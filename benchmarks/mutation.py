@@ -129,6 +129,22 @@ EQUIVALENT = {
         (r"xǁResistanceClassifierǁpredict_topk__mutmut_17",
          r"torch\.argsort\(self\._logits\(X\), descending=True\)",
          DEFAULT_ARGUMENT + " (argsort's dim=-1 is dim 1 of the 2-D logits)"),
+        (r"xǁResistanceClassifierǁ_train__mutmut_8", r"rng\.randint\(3\*\*31\)",
+         "another range for the seed of the forked torch RNG: the seed is still drawn from "
+         "random_state, so fits stay reproducible, and no particular seed is promised"),
+        (r"xǁResistanceClassifierǁ_train__mutmut_23", r"self\._n_outputs\(X\[:2\], net\)",
+         "the number of the module's outputs does not depend on how many rows are run"),
+        (r"xǁResistanceClassifierǁpredict_proba__mutmut_4", r"\.astype\(None\)",
+         FLOAT64_DEFAULT),
+        (r"xǁResistanceClassifierǁ_encode__mutmut_(5|7)", r"^\s*(key=None)?\)$",
+         "only the order in which the error message lists the unknown labels (np.unique "
+         "returns them of one type, so they sort without key=str)"),
+        (r"xǁResistanceClassifierǁ_encode__mutmut_(11|13)",
+         r"for label in y\.tolist\(\)\], (dtype=None)?\)",
+         "an array of a non-empty list of ints is int64 anyway (y has at least one sample)"),
+        (r"x__best_threshold__mutmut_(3|5)", r"np\.argsort\(-proba, (kind=None)?\)",
+         "the order within a run of equal probabilities: the cuts fall only at the ends of "
+         "such runs, where the cumulative gain does not depend on it"),
     ],
     "metrics": [
         (r"x__check_detection_input__mutmut_16", r"issubdtype\(None, np\.number\)",

@@ -13,6 +13,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from skorch import NeuralNetClassifier
 from torch import nn
@@ -416,6 +417,10 @@ def test_classifier_trains_with_a_class_of_one_sample(cv):
     np.testing.assert_array_equal(clf.classes_, LABELS)
     if cv == 3:  # one fold's net trains without it
         assert sum(not np.isin(X[0, 0], trained) for trained in TRAINED) == 1
+        # The folds are KFold's, unstratified, drawn from the seed.
+        folds = KFold(3, shuffle=True, random_state=np.random.RandomState(0)).split(X)
+        for (train, _), trained in zip(folds, TRAINED, strict=False):
+            np.testing.assert_array_equal(X[train, 0].astype(float), trained)
     assert clf.predict(X).shape == (len(X),)
 
 
