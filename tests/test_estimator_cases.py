@@ -7,6 +7,8 @@ neighbouring class on the side of the nearer cut), follow from the sample's posi
 samples, so the nets cross-fitting trains are known too.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,7 @@ from sklearn.pipeline import Pipeline
 from skorch import NeuralNetClassifier
 from torch import nn
 
-from resistclf import AttackCache, ResistanceAttack, ResistanceClassifier
+from resistclf import AttackCache, ResistanceAttack, ResistanceClassifier, make_detector
 from resistclf._estimator import _best_threshold
 
 from .conftest import tiny_cnn_net
@@ -502,6 +504,12 @@ def test_classifier_predict_topk_attacks_once_per_rank_it_lists():
         cache = AttackCache()
         assert clf.set_params(cache=cache).predict_topk(X, **kwargs).shape == (5, k)
         assert len(cache) == 5 * attacks, kwargs
+    # Three classes: c3 has no class left to go to, so ranks 0 and 1 only; four: all three.
+    for n_classes, attacks in [(3, 2), (4, 3)]:
+        clf = ResistanceClassifier(_Linear(6, n_classes, seed=2), attack=ATTACK, threshold=0.5)
+        cache = AttackCache()
+        clf.fit(X, np.arange(5) % n_classes).set_params(cache=cache).predict_topk(X, k=3)
+        assert len(cache) == 5 * attacks, n_classes
 
 
 @pytest.mark.filterwarnings("ignore:The net's predictions on the")
@@ -526,3 +534,40 @@ def test_best_threshold_picks_the_fewest_best_corrections(gain, corrected):
     proba = np.array([0.9, 0.6, 0.3])
     threshold = _best_threshold(proba, np.array(gain))
     np.testing.assert_array_equal(proba >= threshold, corrected)
+
+
+def test_best_threshold_corrects_tied_probabilities_together():
+    # The two samples at 0.5 are corrected together or not at all: together they gain 0,
+    # so nothing is corrected (cutting between them would claim a gain of 1).
+    proba = np.array([0.9, 0.5, 0.5, 0.2])
+    assert _best_threshold(proba, np.array([0, 1, -1, 0])) == np.inf
+    threshold = _best_threshold(proba, np.array([0, 1, 1, -1]))
+    np.testing.assert_array_equal(proba >= threshold, [True, True, True, False])
+
+
+@pytest.mark.parametrize("n_samples, warns", [(99, True), (100, False)])
+def test_make_detector_uses_100_quantiles(n_samples, warns):
+    # As its docstring says: fit on fewer than 100 samples, the transformer warns.
+    X = np.random.RandomState(0).rand(n_samples, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_detector().fit(X, np.arange(n_samples) % 2)
+    assert any("n_quantiles" in str(w.message) for w in caught) == warns
+
+
+def test_make_detector_quantiles_are_those_of_every_sample():
+    # No subsampling (scikit-learn's default keeps 10,000 samples at random).
+    X = np.random.RandomState(0).rand(12_000, 2)
+    transformer = make_detector().fit(X, np.arange(len(X)) % 2)[0]
+    np.testing.assert_allclose(transformer.quantiles_,
+                               np.percentile(X, np.linspace(0, 100, 100), axis=0), rtol=1e-12)
+
+
+def test_classifier_fit_on_few_samples_hides_the_quantile_warning():
+    X, y = line_data()
+    assert len(X) < 100
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ResistanceClassifier(FrozenEstimator(line_net(cuts=(-1.0, 1.0))),
+                             attack=ATTACK).fit(X, LABELS[y])
+    assert not [w for w in caught if "n_quantiles" in str(w.message)]
