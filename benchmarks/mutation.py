@@ -168,6 +168,9 @@ EQUIVALENT = {
          "X of another numeric dtype is no longer converted to float32 here, but the attack "
          "and _logits convert every image to the module's dtype as they read it: the same "
          "numbers"),
+        (r"xǁResistanceClassifierǁ_logits__mutmut_12", r"batch_size = 257 if",
+         "plain forward passes in batches of 257 instead of 256 when the attack's batch size "
+         "is 'auto': the same logits"),
         (r"x__best_threshold__mutmut_(3|5)", r"np\.argsort\(-proba, (kind=None)?\)",
          "the order within a run of equal probabilities: the cuts fall only at the ends of "
          "such runs, where the cumulative gain does not depend on it"),
