@@ -168,6 +168,9 @@ EQUIVALENT = {
          "X of another numeric dtype is no longer converted to float32 here, but the attack "
          "and _logits convert every image to the module's dtype as they read it: the same "
          "numbers"),
+        (r"xǁResistanceClassifierǁ_logits__mutmut_(16|18|26|35|37)",
+         r"device = None|\(attack\.device is None\) or True|on_device\(module, None\)|"
+         r"\.to\((None, )?dtype\)", ON_CPU),
         (r"xǁResistanceClassifierǁ_logits__mutmut_12", r"batch_size = 257 if",
          "plain forward passes in batches of 257 instead of 256 when the attack's batch size "
          "is 'auto': the same logits"),

@@ -513,13 +513,14 @@ def test_classifier_predict_topk_attacks_once_per_rank_it_lists():
 
 
 @pytest.mark.filterwarnings("ignore:The net's predictions on the")
-def test_classifier_predict_proba_with_an_auto_batch_size():
-    # predict_proba runs plain forward passes, in batches of 256 when the attack's batch
-    # size is "auto" (which only the attack times).
+@pytest.mark.parametrize("setting", [{"batch_size": "auto"}, {"device": "cpu"}], ids=str)
+def test_classifier_predict_proba_follows_the_attacks_batch_size_and_device(setting):
+    # predict_proba runs plain forward passes where the attack runs, in batches of 256 when
+    # the attack's batch size is "auto" (which only the attack times).
     rng = np.random.RandomState(3)
     X, module = rng.randn(7, 6).astype(np.float32), _Linear(6, 4, seed=3)
     clf = ResistanceClassifier(module, attack=ATTACK, threshold=0.5).fit(X, np.arange(7) % 4)
-    clf.set_params(attack=ResistanceAttack(max_iter=40, step_size=0.25, batch_size="auto"))
+    clf.set_params(attack=ResistanceAttack(max_iter=40, step_size=0.25, **setting))
     with torch.no_grad():
         expected = module(torch.tensor(X)).softmax(dim=1).numpy()
     np.testing.assert_allclose(clf.predict_proba(X), expected, rtol=1e-6)
