@@ -483,7 +483,7 @@ def test_classifier_predict_topk_lists_attacks_then_the_nets_ranking():
     ranked = clf.predict_topk(X, k=20)
     with torch.no_grad():
         order = module(torch.tensor(X)).argsort(dim=1, descending=True).numpy()
-    runs = [clf.attack_results(X, rank=rank) for rank in range(3)]
+    runs = [ATTACK(module, torch.tensor(X), rank=rank) for rank in range(3)]
     for i in range(len(X)):
         listed = []
         for label in [v for r in runs for v in (r.c0[i], r.adversarial_class[i])] + list(order[i]):
@@ -524,6 +524,15 @@ def test_classifier_predict_proba_follows_the_attacks_batch_size_and_device(sett
     with torch.no_grad():
         expected = module(torch.tensor(X)).softmax(dim=1).numpy()
     np.testing.assert_allclose(clf.predict_proba(X), expected, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:The net's predictions on the")
+def test_classifier_default_attack_is_the_default_resistance_attack():
+    rng = np.random.RandomState(4)
+    X, module = rng.randn(5, 6).astype(np.float32), _Linear(6, 4, seed=4)
+    clf = ResistanceClassifier(module, threshold=0.5).fit(X, np.arange(5) % 4)
+    np.testing.assert_array_equal(clf.transform(X),
+                                  ResistanceAttack()(module, torch.tensor(X)).features)
 
 
 @pytest.mark.filterwarnings("ignore:The net's predictions on the")
