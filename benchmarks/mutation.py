@@ -23,10 +23,15 @@ Hypothesis runs its ``mutation`` profile (tests/conftest.py): fixed examples, no
 and the quickest test files run first (``QUICK_FIRST`` there).
 ``OMP_NUM_THREADS=1``: one thread a test process, two processes at a time (``--max-children``).
 A run that is stopped resumes where it left off, and a new run checks the survivors again (after
-new tests); ``--fresh`` starts the module over, as it must after the library code changed.
+new tests), except those listed as equivalent; ``--fresh`` starts the module over, as it must
+after the library code changed, or after a test that existed already was changed to call a
+function it did not call before (mutmut maps tests to functions on a module's first run only).
 
-Results go to ``build/mutation/report.md`` and ``report.json``: per module the mutants killed,
-survived, timed out and not reached, the score, the wall time, and the diff of every survivor.
+Results go to ``build/mutation/report.md`` and ``report.json``: per module the mutants run,
+killed (or timed out), survived and equivalent, the score over the mutants that are not
+equivalent, the wall time, the diff of every survivor, and each equivalent mutant with its
+reason. A survivor is equivalent only if ``EQUIVALENT`` below lists it, with the line it
+must have mutated and why no test can kill it.
 To look at one survivor in place: ``cd build/mutation/<module> && mutmut show <name>``.
 
 Left out of mutation, on purpose (``SKIPPED_FUNCTIONS``): functions whose output is a speed
@@ -53,6 +58,17 @@ MUTMUT = [str(Path(sys.executable).with_name("mutmut"))]
 TESTS = {
     "_attack": ["tests/test_attack_reference.py", "tests/test_attack_settings.py",
                 "tests/test_properties.py",
+                # memory maps, Datasets and preprocessing (not its n_jobs test: 50 s of
+                # starting worker processes, for the code test_attack.py's n_jobs test takes)
+                *(f"tests/test_inputs.py::test_{name}" for name in [
+                    "attack_memmap_gives_the_tensor_results",
+                    "attack_dataset_gives_the_tensor_results_reading_a_batch_at_a_time",
+                    "attack_bad_dataset_or_array_raises", "attack_memmap_is_not_modified",
+                    "preprocessing_equals_a_module_that_normalises_inside",
+                    "preprocessing_broadcasts_as_numpy_does_without_axis",
+                    "preprocessing_keeps_x_r_and_clip_in_pixel_units",
+                    "preprocessing_leaves_the_module_alone", "attack_bad_preprocessing_raises",
+                    "attack_preprocessing_must_be_a_dict"]),
                 # test_attack.py's tests whose code paths the files above do not take
                 *(f"tests/test_attack.py::test_attack_{name}" for name in [
                     "never_flipped_is_marked", "does_not_modify_input",
@@ -65,9 +81,22 @@ TESTS = {
                     "n_jobs_gives_identical_results",
                     "auto_batch_size_respects_memory_budget"])],
     "_estimator": ["tests/test_estimator_cases.py", "tests/test_estimator.py",
-                   "tests/test_properties.py", "tests/test_cache.py", "tests/test_common.py"],
-    "metrics": ["tests/test_metrics.py"],
-    "_cache": ["tests/test_cache.py"],
+                   "tests/test_properties.py", "tests/test_cache.py", "tests/test_common.py",
+                   *(f"tests/test_inputs.py::test_classifier_{name}" for name in [
+                       "reads_a_memmap_a_batch_at_a_time",
+                       "applies_preprocessing_to_predictions_and_attacks"])],
+    "metrics": ["tests/test_metrics.py", "tests/test_risk_coverage.py"],
+    "_cache": ["tests/test_cache.py",
+               # test_files.py's tests of the cache's file (the rest there are the studies')
+               *(f"tests/test_files.py::test_{name}" for name in [
+                   "attack_cache_load_refuses_planted_files",
+                   "attack_cache_load_names_a_foreign_file",
+                   "attack_cache_load_names_a_truncated_file",
+                   "attack_cache_load_missing_file_raises_file_not_found",
+                   "atomic_write_keeps_the_old_file_when_writing_fails",
+                   "attack_cache_save_is_atomic",
+                   "atomic_write_gives_the_permissions_the_umask_leaves"]),
+               "tests/test_inputs.py::test_classifier_reads_a_memmap_a_batch_at_a_time"],
     "callbacks": ["tests/test_callbacks.py"],
     "scores": ["tests/test_scores.py"],
 }
@@ -75,6 +104,155 @@ TESTS = {
 SKIPPED_FUNCTIONS = {
     "_attack": ["xǁResistanceAttackǁ_auto_batch_size", "x__memory_budget",
                 "x__bytes_per_image"],
+}
+# Why a surviving mutant is *equivalent*: no test can tell it from the library, because it
+# computes the same thing (or, for ON_CPU, only differs on a GPU, which the machines that run
+# mutation testing and CI do not have).
+ON_CPU = ("device only: on a machine without a GPU every tensor and module is on the CPU, "
+          "whatever device is asked for or left out")
+FLOAT64_DEFAULT = ("numpy's default dtype is float64: astype(None) / dtype=None give the "
+                   "float64 the line asked for")
+RESULT_DTYPE_PROMOTED = ("the running minimum's initial inf in float32 instead of the "
+                         "distances' dtype: torch.minimum/torch.where promote it at the first "
+                         "class, and inf is exact in both")
+BATCH_SIZE_DEFAULT = ("default batch_size 256 -> 257: results do not depend on the batch size "
+                      "(the tests check batched against other batch sizes)")
+RETAIN_GRAPH = ("retain_graph=True on the last backward pass only keeps the graph alive "
+                "longer: memory, not values")
+DEFAULT_ARGUMENT = "drops or re-spells an argument's default value: the same call"
+
+#: Surviving mutants that no test can kill, and why: per module, a list of
+#: ``(names, line, reason)``. ``names`` is a regular expression over the mutant's name after
+#: ``resistclf.<module>.``; ``line`` one that the mutated line (the diff's ``+`` line) must
+#: match, so that an entry made stale by a change of the library (mutmut numbers the mutants
+#: of a function in order) counts its mutant as a survivor again instead of hiding it.
+EQUIVALENT = {
+    "_estimator": [
+        (r"xǁResistanceClassifierǁpredict_topk__mutmut_17",
+         r"torch\.argsort\(self\._logits\(X\), descending=True\)",
+         DEFAULT_ARGUMENT + " (argsort's dim=-1 is dim 1 of the 2-D logits)"),
+        (r"xǁResistanceClassifierǁ_train__mutmut_8", r"rng\.randint\(3\*\*31\)",
+         "another range for the seed of the forked torch RNG: the seed is still drawn from "
+         "random_state, so fits stay reproducible, and no particular seed is promised"),
+        (r"xǁResistanceClassifierǁ_train__mutmut_23", r"self\._n_outputs\(X\[:2\], net\)",
+         "the number of the module's outputs does not depend on how many rows are run"),
+        (r"xǁResistanceClassifierǁpredict_proba__mutmut_4", r"\.astype\(None\)",
+         FLOAT64_DEFAULT),
+        (r"xǁResistanceClassifierǁ_encode__mutmut_(5|7)", r"^\s*(key=None)?\)$",
+         "only the order in which the error message lists the unknown labels (np.unique "
+         "returns them of one type, so they sort without key=str)"),
+        (r"xǁResistanceClassifierǁ_encode__mutmut_(11|13)",
+         r"for label in y\.tolist\(\)\], (dtype=None)?\)",
+         "an array of a non-empty list of ints is int64 anyway (y has at least one sample)"),
+        (r"xǁResistanceClassifierǁ_fit_detector__mutmut_27", r"^\s*\)$",
+         "the filter then ignores that message in any category: only a UserWarning has it"),
+        (r"xǁResistanceClassifierǁ_fit_detector__mutmut_31",
+         r'"N_QUANTILES \.\* IS GREATER THAN THE TOTAL NUMBER"',
+         "warnings.filterwarnings matches messages case-insensitively"),
+        (r"xǁResistanceClassifierǁpredict_topk__mutmut_(53|55)",
+         r"np\.zeros\(candidates\.shape, (dtype=None)?\)",
+         "0.0/1.0 instead of False/True: argsort orders them the same"),
+        (r"xǁResistanceClassifierǁpredict_topk__mutmut_58", r"for j in range\(candidates",
+         "j = 0 compares the first column with none before it: never seen before, as the "
+         "zeros it starts with say"),
+        (r"xǁResistanceClassifierǁpredict_topk__mutmut_(73|83)",
+         r"np\.argsort\(seen_before, kind=\"stable\"\)|first_unique, \)\]",
+         DEFAULT_ARGUMENT + " (axis=-1 is axis 1 of these 2-D arrays)"),
+        (r"xǁResistanceClassifierǁpredict_topk__mutmut_77|x__best_threshold__mutmut_8",
+         r'kind="STABLE"', DEFAULT_ARGUMENT + " (numpy reads sort kinds case-insensitively)"),
+        (r"xǁResistanceClassifierǁ_fit_detector__mutmut_(74|76)", r"\.astype\(None\)",
+         "the gains are -1, 0 and 1: in float64 they and their sums are the same integers"),
+        (r"xǁResistanceClassifierǁ_validate__mutmut_3", r"reset=None",
+         "validate_data only tests reset for truth: None is as false"),
+        (r"xǁResistanceClassifierǁ_validate__mutmut_10", r"allow_nd=True, \)$",
+         "X of another numeric dtype is no longer converted to float32 here, but the attack "
+         "and _logits convert every image to the module's dtype as they read it: the same "
+         "numbers"),
+        (r"xǁResistanceClassifierǁ_logits__mutmut_(16|18|26|35|37)",
+         r"device = None|\(attack\.device is None\) or True|on_device\(module, None\)|"
+         r"\.to\((None, )?dtype\)", ON_CPU),
+        (r"xǁResistanceClassifierǁ_logits__mutmut_12", r"batch_size = 257 if",
+         "plain forward passes in batches of 257 instead of 256 when the attack's batch size "
+         "is 'auto': the same logits"),
+        (r"x__best_threshold__mutmut_(3|5)", r"np\.argsort\(-proba, (kind=None)?\)",
+         "the order within a run of equal probabilities: the cuts fall only at the ends of "
+         "such runs, where the cumulative gain does not depend on it"),
+    ],
+    "metrics": [
+        (r"x__check_detection_input__mutmut_16", r"issubdtype\(None, np\.number\)",
+         "np.issubdtype(None, number) is True, so is_error of any dtype is accepted when all "
+         "its values are 0 or 1: only object arrays of 0/1 pass that were refused before, and "
+         "they convert to the right booleans"),
+        (r"x__check_detection_input__mutmut_36|x__risk_coverage_areas__mutmut_(19|21)",
+         r"\.astype\(None\)", FLOAT64_DEFAULT),
+        (r"x__risk_coverage_areas__mutmut_17", r"prepend=1\.0",
+         "the first block's H-difference is multiplied by E' - N' e / c = 0 (nothing is "
+         "accepted before the first block), so its value never counts"),
+        (r"x__fpr_at_tpr__mutmut_21", r"searchsorted\(.*, tpr, \)", DEFAULT_ARGUMENT
+         + " (searchsorted's side='left')"),
+        (r"x_softmax_topk__mutmut_6", r"argsort\(-np\.asarray\(proba\), kind",
+         DEFAULT_ARGUMENT + " (argsort's axis=-1 is axis 1 of the documented 2-D proba)"),
+        (r"x_softmax_topk__mutmut_12", r'kind="STABLE"',
+         DEFAULT_ARGUMENT + " (numpy reads sort kinds case-insensitively)"),
+        (r"x__percentile_interval__mutmut_(3|5)", r"np\.asarray\(values, (dtype=None)?\)",
+         "the statistic returns floats (documented), and a list of floats and NaNs is "
+         "float64 without asking"),
+    ],
+    "_cache": [
+        (r"xǁAttackCacheǁattack__mutmut_2", r"if isinstance\(X, np\.ndarray\):",
+         "arrays are converted to float32 whole instead of a few rows at a time: the same "
+         "numbers (a float32 array is not even copied); only the memory a float64 memory map "
+         "takes differs"),
+        (r"xǁAttackCacheǁattack__mutmut_(5|7)", r"np\.asarray\(X, (dtype=None)?\)",
+         "the keys and the rows attacked (_Rows) are converted to float32 anyway"),
+        (r"xǁAttackCacheǁattack__mutmut_(31|33)", r"^\s*(dtype=None)?\)$",
+         "an array of a non-empty list of ints is int64 anyway, and an empty one is not used"),
+        (r"xǁAttackCacheǁload__mutmut_(5|7)", r"np\.load\(path, (allow_pickle=None)?\)",
+         DEFAULT_ARGUMENT + " (np.load's allow_pickle is False by default, and None is as "
+         "false)"),
+        (r"xǁAttackCacheǁload__mutmut_36", r'not in "XXbiufXX"',
+         "no dtype kind is 'X': the same kinds are accepted"),
+    ],
+    "callbacks": [
+        (r"xǁResistanceMonitorǁinitialize__mutmut_(3|5)",
+         r"np\.array\(self\.X_val, (dtype=None)?\)",
+         "the images stay float64 instead of float32, but the attack converts them to the "
+         "module's dtype as it reads them: the same float32 numbers"),
+        (r"xǁResistanceMonitorǁon_epoch_end__mutmut_79",
+         r"round\(time\.perf_counter\(\) - start, 3\)",
+         "seconds rounded to 1 ms instead of 10 ms: still the time the monitor took (the "
+         "tests read it from a fake clock to within 5 ms)"),
+    ],
+    "scores": [
+        (r"x__check_logits__mutmut_(2|4)", r"\.to\((None, )?torch\.float64\)", ON_CPU),
+        (r"x__check_logits__mutmut_21", r"\.astype\(None\)", FLOAT64_DEFAULT),
+        (r"x__top_and_gaps__mutmut_11", r"top\] = None",
+         "None stored in a bool array is False"),
+        (r"x__top_and_gaps__mutmut_22", r"reshape\(len\(z\), -2\)",
+         "numpy's reshape infers any negative size, -2 as -1"),
+        (r"x__batches__mutmut_(10|13)", r"\.to\((device=None, )?dtype=dtype, copy=True\)",
+         ON_CPU),
+        (r"x__batches__mutmut_(15|17)", r"\.to\(device=device, dtype=dtype, (copy=False)?\)",
+         "the batch is only read (deepfool clones it; input_margin makes it a leaf that "
+         "requires grad, which a module cannot write in place), and X is already a detached "
+         "tensor or a fresh float64 copy"),
+        (r"x__linearised_boundaries__mutmut_(4|6|13|15)",
+         r"torch\.arange\(n(_classes)?, (device=None)?\)", ON_CPU),
+        (r"x__linearised_boundaries__mutmut_(36|37)", r"retain_graph=column (<=|< n_classes \+)",
+         RETAIN_GRAPH),
+        (r"x_(input_margin|deepfool)__mutmut_3", r"batch_size=257", BATCH_SIZE_DEFAULT),
+        (r"x_input_margin__mutmut_(18|20|26|33|49|53)|x_deepfool__mutmut_(35|37|43|50)",
+         r"device = None|\(device is None\) or True|on_device\(module, None\)|"
+         r"batch_size, None\)|dtype=torch\.float64, (device=None)?\)", ON_CPU),
+        (r"x__deepfool_batch__mutmut_(7|9|13|16|20|23|27|30|49|53)",
+         r"device=None\)|torch\.arange\(n, \)|dtype=(torch\.bool|torch\.int64|xa\.dtype), \)",
+         ON_CPU),
+        (r"x_input_margin__mutmut_(48|52)|x__deepfool_batch__mutmut_(48|52)",
+         r"torch\.inf, (dtype=None, )?device=", RESULT_DTYPE_PROMOTED),
+        (r"x__deepfool_batch__mutmut_94", r"difference / squared_norm, 1\.0\)",
+         "scale only counts where the class is closer and its gradient non-zero: elsewhere "
+         "the step is not taken, or is -scale * 0 = 0"),
+    ],
 }
 #: Lines whose expressions are not mutated: the text of error messages and warnings.
 MESSAGE_LINES = [
@@ -126,10 +304,17 @@ def prepare(module, fresh):
 
 def mutant_names(folder, module):
     """The module's mutants to run: those not run yet and the survivors (the tests may have
-    changed since), but not those in SKIPPED_FUNCTIONS."""
+    changed since), but not those in SKIPPED_FUNCTIONS nor the survivors EQUIVALENT names
+    (the report still checks that each of those mutated the line its entry gives)."""
     meta = json.loads((folder / "mutants" / "resistclf" / f"{module}.py.meta").read_text())
     return [name for name, exit_code in meta["exit_code_by_key"].items()
-            if exit_code in (None, 0, 5, 33) and not skipped(module, name)]
+            if exit_code in (None, 0, 5, 33) and not skipped(module, name)
+            and not (exit_code == 0 and listed_equivalent(module, name))]
+
+
+def listed_equivalent(module, name):
+    short = name.removeprefix(f"resistclf.{module}.")
+    return any(re.fullmatch(names, short) for names, _, _ in EQUIVALENT.get(module, []))
 
 
 def skipped(module, name):
@@ -161,8 +346,24 @@ def run(module, max_children, fresh):
     timings.write_text(json.dumps({**past, module: round(seconds)}, indent=1))
 
 
+def mutated_line(diff):
+    """The lines the mutant adds, from ``mutmut show``'s diff."""
+    return "\n".join(line[1:] for line in diff.splitlines()
+                     if line.startswith("+") and not line.startswith("+++"))
+
+
+def equivalence(module, name, diff):
+    """Why the surviving mutant ``name`` is equivalent (see EQUIVALENT), or None."""
+    short = name.removeprefix(f"resistclf.{module}.")
+    for names, line, reason in EQUIVALENT.get(module, []):
+        if re.fullmatch(names, short) and re.search(line, mutated_line(diff)):
+            return reason
+    return None
+
+
 def results(module):
-    """Status of every mutant of ``module``, and the diff of each survivor."""
+    """Status of every mutant of ``module``, the diff of each survivor, and the equivalent
+    survivors with their reason."""
     folder = WORK / module
     meta_path = folder / "mutants" / "resistclf" / f"{module}.py.meta"
     if not meta_path.exists():
@@ -174,18 +375,26 @@ def results(module):
         name, _, state = line.strip().rpartition(": ")
         if name.startswith(f"resistclf.{module}."):
             status[name] = "skipped" if skipped(module, name) else state
-    survivors = {}
+    survivors, equivalent = {}, {}
     for name, state in status.items():
         if state in ("survived", "no tests"):
             shown = subprocess.run([*MUTMUT, "show", name], cwd=folder, capture_output=True,
                                    text=True, env=environment())
-            survivors[name] = shown.stdout.strip()
+            diff = shown.stdout.strip()
+            reason = equivalence(module, name, diff)
+            if reason is None:
+                survivors[name] = diff
+            else:
+                equivalent[name] = {"line": mutated_line(diff).strip(), "reason": reason}
     counts = {state: sum(s == state for s in status.values()) for state in STATUSES}
     counts = {state: n for state, n in counts.items() if n}
     run_on = sum(n for state, n in counts.items() if state not in ("skipped", "not checked"))
-    score = counts.get("killed", 0) + counts.get("timeout", 0)
-    return {"counts": counts, "score": score / run_on if run_on else None,
-            "survivors": survivors}
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    not_equivalent = run_on - len(equivalent)
+    return {"counts": counts, "run": run_on, "killed": killed, "survived": len(survivors),
+            "equivalent": len(equivalent),
+            "score": killed / not_equivalent if not_equivalent else None,
+            "survivors": survivors, "equivalent_survivors": equivalent}
 
 
 def score_text(score):
@@ -201,19 +410,28 @@ def report():
         {module: {**r, "seconds": seconds.get(module)} for module, r in found.items()},
         indent=1))
     lines = ["# Mutation testing", "",
-             "Score: mutants killed (a test failed, or the run timed out) over mutants run.", "",
-             "| module | mutants run | killed | survived | score | wall time |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "Score: mutants killed (a test failed, or the run timed out) over the mutants run "
+             "that are not equivalent. An equivalent mutant is a survivor that no test can "
+             "kill; each is listed below with its reason (`EQUIVALENT` in "
+             "benchmarks/mutation.py). Wall time: the runs since the module's last `--fresh` "
+             "start, on the machine that ran them.", "",
+             "| module | mutants run | killed | survived | equivalent | score | wall time |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for module, r in found.items():
-        c = r["counts"]
-        run_on = sum(n for state, n in c.items() if state not in ("skipped", "not checked"))
-        lines.append(f"| {module} | {run_on} | {c.get('killed', 0) + c.get('timeout', 0)} | "
-                     f"{c.get('survived', 0) + c.get('no tests', 0)} | "
-                     f"{score_text(r['score'])} | {seconds.get(module, '?')} s |")
+        lines.append(f"| {module} | {r['run']} | {r['killed']} | {r['survived']} | "
+                     f"{r['equivalent']} | {score_text(r['score'])} | "
+                     f"{seconds.get(module, '?')} s |")
     for module, r in found.items():
         lines += ["", f"## {module}: survivors", ""]
+        if not r["survivors"]:
+            lines.append("None.")
         for name, diff in r["survivors"].items():
             lines += [f"### {name}", "", "```diff", diff, "```", ""]
+        lines += ["", f"## {module}: equivalent mutants", ""]
+        for name, e in r["equivalent_survivors"].items():
+            line = e["line"].replace("`", "'")
+            lines.append(f"- `{name.removeprefix(f'resistclf.{module}.')}`: `{line}`: "
+                         f"{e['reason']}.")
     (WORK / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:6 + len(found)]))
 

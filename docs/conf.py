@@ -34,7 +34,8 @@ extensions = [
 root_doc = "index"
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "_templates", "**/sg_execution_times.rst", "results/bench"]
+exclude_patterns = ["_build", "_templates", "**/sg_execution_times.rst", "results/bench",
+                    "results/mutation"]
 # `text` is code, as in scikit-learn's documentation.
 default_role = "literal"
 add_function_parentheses = False

@@ -29,7 +29,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 #: Under mutation testing, these files run first: they are quick and catch most mutants, and
 #: pytest -x stops at the first failure.
 QUICK_FIRST = ["test_attack_reference.py", "test_attack_settings.py", "test_estimator_cases.py",
-               "test_metrics.py", "test_cache.py", "test_callbacks.py", "test_properties.py"]
+               "test_metrics.py", "test_risk_coverage.py", "test_cache.py", "test_callbacks.py",
+               "test_properties.py"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -237,3 +237,30 @@ def test_cache_key_format_is_stable(trained_cnn, digits):
 def test_cache_empty_save_and_load(tmp_path):
     AttackCache().save(tmp_path / "empty.npz")
     assert len(AttackCache.load(tmp_path / "empty.npz")) == 0
+
+
+def test_cache_accepts_tensors_and_lists_as_arrays():
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    X = np.random.RandomState(1).rand(6, 4).astype(np.float32)
+    cache = AttackCache()
+    expected = ATTACK(module, torch.from_numpy(X))
+    for given in (torch.from_numpy(X), X.tolist()):
+        result = cache.attack(ATTACK, module, given)
+        np.testing.assert_array_equal(result.res_n, expected.res_n)
+        np.testing.assert_array_equal(result.c0, expected.c0)
+    assert len(cache) == 6, "a tensor, a list and an array of the same images share keys"
+
+
+def test_cache_attacks_the_float32_images_it_keys_on():
+    # Keys hold the float32 bytes of an image, so the cached result must be the one for
+    # those bytes, also for a float64 module given float64 images: otherwise two images
+    # that round to one key would get whichever result was computed first.
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                                 torch.nn.Linear(8, 3)).double()
+    X = np.random.RandomState(2).rand(6, 4)
+    result = AttackCache().attack(ATTACK, module, X)
+    rounded = ATTACK(module, torch.from_numpy(X.astype(np.float32).astype(np.float64)))
+    np.testing.assert_array_equal(result.res_n, rounded.res_n)
+    np.testing.assert_array_equal(result.conf0, rounded.conf0)

@@ -131,6 +131,7 @@ def test_classifier_accepts_torch_module_and_string_labels(trained_cnn, digits):
                       "nine"])
     named = ResistanceClassifier(tiny_cnn_net(), attack=FAST, random_state=0)
     named.fit(X[:400], names[y[:400]])
+    np.testing.assert_array_equal(named.net_.classes_, np.unique(names))  # the net knows them
     assert set(named.predict(X[400:420])) <= set(names)
     assert set(named.predict_topk(X[400:420], k=3).ravel()) <= set(names)
 

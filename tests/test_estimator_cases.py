@@ -7,17 +7,20 @@ neighbouring class on the side of the nearer cut), follow from the sample's posi
 samples, so the nets cross-fitting trains are known too.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from skorch import NeuralNetClassifier
 from torch import nn
 
-from resistclf import ResistanceAttack, ResistanceClassifier
+from resistclf import AttackCache, ResistanceAttack, ResistanceClassifier, make_detector
 from resistclf._estimator import _best_threshold
 
 from .conftest import tiny_cnn_net
@@ -292,7 +295,8 @@ def test_classifier_features_select_the_columns_and_the_detector_inputs():
     expected = np.column_stack([results.res_mean, results.res_n])
     np.testing.assert_array_equal(clf.transform(X), expected)
     np.testing.assert_array_equal(LOG[0][2], expected)
-    assert list(clf.get_feature_names_out()) == ["res_mean", "res_n"]
+    names = clf.get_feature_names_out()
+    assert list(names) == ["res_mean", "res_n"] and names.dtype == object  # as scikit-learn's
 
 
 @pytest.mark.parametrize("features, match", [
@@ -415,6 +419,10 @@ def test_classifier_trains_with_a_class_of_one_sample(cv):
     np.testing.assert_array_equal(clf.classes_, LABELS)
     if cv == 3:  # one fold's net trains without it
         assert sum(not np.isin(X[0, 0], trained) for trained in TRAINED) == 1
+        # The folds are KFold's, unstratified, drawn from the seed.
+        folds = KFold(3, shuffle=True, random_state=np.random.RandomState(0)).split(X)
+        for (train, _), trained in zip(folds, TRAINED, strict=False):
+            np.testing.assert_array_equal(X[train, 0].astype(float), trained)
     assert clf.predict(X).shape == (len(X),)
 
 
@@ -475,13 +483,56 @@ def test_classifier_predict_topk_lists_attacks_then_the_nets_ranking():
     ranked = clf.predict_topk(X, k=20)
     with torch.no_grad():
         order = module(torch.tensor(X)).argsort(dim=1, descending=True).numpy()
-    runs = [clf.attack_results(X, rank=rank) for rank in range(3)]
+    runs = [ATTACK(module, torch.tensor(X), rank=rank) for rank in range(3)]
     for i in range(len(X)):
         listed = []
         for label in [v for r in runs for v in (r.c0[i], r.adversarial_class[i])] + list(order[i]):
             if label not in listed:
                 listed.append(label)
         np.testing.assert_array_equal(ranked[i], listed)
+
+
+@pytest.mark.filterwarnings("ignore:The net's predictions on the")
+def test_classifier_predict_topk_attacks_once_per_rank_it_lists():
+    # k=1 is the net's prediction: no attack; k=2 (the default) attacks rank 0; k>=3 attacks
+    # ranks 0, 1 and 2. The cache holds one entry per image and rank attacked.
+    rng = np.random.RandomState(2)
+    X, module = rng.randn(5, 6).astype(np.float32), _Linear(6, 20, seed=2)
+    clf = ResistanceClassifier(module, attack=ATTACK, threshold=0.5).fit(X, rng.randint(20, size=5))
+    for k, attacks, kwargs in [(1, 0, {"k": 1}), (2, 1, {}), (2, 1, {"k": 2}), (3, 3, {"k": 3}),
+                               (7, 3, {"k": 7})]:
+        cache = AttackCache()
+        assert clf.set_params(cache=cache).predict_topk(X, **kwargs).shape == (5, k)
+        assert len(cache) == 5 * attacks, kwargs
+    # Three classes: c3 has no class left to go to, so ranks 0 and 1 only; four: all three.
+    for n_classes, attacks in [(3, 2), (4, 3)]:
+        clf = ResistanceClassifier(_Linear(6, n_classes, seed=2), attack=ATTACK, threshold=0.5)
+        cache = AttackCache()
+        clf.fit(X, np.arange(5) % n_classes).set_params(cache=cache).predict_topk(X, k=3)
+        assert len(cache) == 5 * attacks, n_classes
+
+
+@pytest.mark.filterwarnings("ignore:The net's predictions on the")
+@pytest.mark.parametrize("setting", [{"batch_size": "auto"}, {"device": "cpu"}], ids=str)
+def test_classifier_predict_proba_follows_the_attacks_batch_size_and_device(setting):
+    # predict_proba runs plain forward passes where the attack runs, in batches of 256 when
+    # the attack's batch size is "auto" (which only the attack times).
+    rng = np.random.RandomState(3)
+    X, module = rng.randn(7, 6).astype(np.float32), _Linear(6, 4, seed=3)
+    clf = ResistanceClassifier(module, attack=ATTACK, threshold=0.5).fit(X, np.arange(7) % 4)
+    clf.set_params(attack=ResistanceAttack(max_iter=40, step_size=0.25, **setting))
+    with torch.no_grad():
+        expected = module(torch.tensor(X)).softmax(dim=1).numpy()
+    np.testing.assert_allclose(clf.predict_proba(X), expected, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:The net's predictions on the")
+def test_classifier_default_attack_is_the_default_resistance_attack():
+    rng = np.random.RandomState(4)
+    X, module = rng.randn(5, 6).astype(np.float32), _Linear(6, 4, seed=4)
+    clf = ResistanceClassifier(module, threshold=0.5).fit(X, np.arange(5) % 4)
+    np.testing.assert_array_equal(clf.transform(X),
+                                  ResistanceAttack()(module, torch.tensor(X)).features)
 
 
 @pytest.mark.filterwarnings("ignore:The net's predictions on the")
@@ -506,3 +557,40 @@ def test_best_threshold_picks_the_fewest_best_corrections(gain, corrected):
     proba = np.array([0.9, 0.6, 0.3])
     threshold = _best_threshold(proba, np.array(gain))
     np.testing.assert_array_equal(proba >= threshold, corrected)
+
+
+def test_best_threshold_corrects_tied_probabilities_together():
+    # The two samples at 0.5 are corrected together or not at all: together they gain 0,
+    # so nothing is corrected (cutting between them would claim a gain of 1).
+    proba = np.array([0.9, 0.5, 0.5, 0.2])
+    assert _best_threshold(proba, np.array([0, 1, -1, 0])) == np.inf
+    threshold = _best_threshold(proba, np.array([0, 1, 1, -1]))
+    np.testing.assert_array_equal(proba >= threshold, [True, True, True, False])
+
+
+@pytest.mark.parametrize("n_samples, warns", [(99, True), (100, False)])
+def test_make_detector_uses_100_quantiles(n_samples, warns):
+    # As its docstring says: fit on fewer than 100 samples, the transformer warns.
+    X = np.random.RandomState(0).rand(n_samples, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_detector().fit(X, np.arange(n_samples) % 2)
+    assert any("n_quantiles" in str(w.message) for w in caught) == warns
+
+
+def test_make_detector_quantiles_are_those_of_every_sample():
+    # No subsampling (scikit-learn's default keeps 10,000 samples at random).
+    X = np.random.RandomState(0).rand(12_000, 2)
+    transformer = make_detector().fit(X, np.arange(len(X)) % 2)[0]
+    np.testing.assert_allclose(transformer.quantiles_,
+                               np.percentile(X, np.linspace(0, 100, 100), axis=0), rtol=1e-12)
+
+
+def test_classifier_fit_on_few_samples_hides_the_quantile_warning():
+    X, y = line_data()
+    assert len(X) < 100
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ResistanceClassifier(FrozenEstimator(line_net(cuts=(-1.0, 1.0))),
+                             attack=ATTACK).fit(X, LABELS[y])
+    assert not [w for w in caught if "n_quantiles" in str(w.message)]

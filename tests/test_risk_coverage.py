@@ -201,6 +201,8 @@ def test_detection_metrics_accept_integer_labels_and_infinite_scores():
 
 @pytest.mark.parametrize("is_error, error_score, match", [
     ([[True, False]], [[0.1, 0.2]], "1-D"),
+    ([True, False], [[0.1], [0.2]], "1-D"),
+    ([[True], [False]], [0.1, 0.2], "1-D"),
     ([True, False], [0.1, 0.2, 0.3], "same length"),
     ([], [], "empty"),
     ([0, 2, 1], [0.1, 0.2, 0.3], "boolean"),
@@ -273,6 +275,17 @@ def test_bootstrap_interval_of_a_dict_statistic_matches_each_entry():
         assert intervals[key] == bootstrap_interval(
             lambda e, s, key=key: detection_metrics(e, s)[key], is_error, error_score,
             n_resamples=50, random_state=1)
+
+
+def test_bootstrap_interval_of_one_resample_is_the_statistic_on_it():
+    values = np.array([0.0, 1.0, 5.0, 2.0])
+    resample = values[np.random.RandomState(2).randint(0, 4, 4)]
+    assert bootstrap_interval(np.mean, values, n_resamples=1, random_state=2) == (
+        pytest.approx(resample.mean()), pytest.approx(resample.mean()))
+    intervals = bootstrap_interval(lambda v: {"max": v.max(), "min": v.min()}, values,
+                                   n_resamples=1, random_state=2)
+    assert intervals == {"max": (resample.max(), resample.max()),
+                         "min": (resample.min(), resample.min())}
 
 
 @pytest.mark.parametrize("arrays, kwargs, match", [

@@ -281,13 +281,150 @@ def test_attack_scores_reject_bad_input(attack, module, X, kwargs, error, match)
 
 
 @pytest.mark.parametrize("attack, kwargs, match", [
-    (input_margin, {"norm": "l1"}, "norm"),
-    (deepfool, {"max_iter": 0}, "max_iter"),
-    (deepfool, {"overshoot": -0.1}, "overshoot"),
-    (deepfool, {"overshoot": np.inf}, "overshoot"),
-    (deepfool, {"clip": (1, 0)}, "clip"),
+    (input_margin, {"norm": "l1"}, "^norm must be"),
+    (input_margin, {"batch_size": 0}, "^batch_size must be a positive integer"),
+    (deepfool, {"batch_size": -1}, "^batch_size must be a positive integer"),
+    (deepfool, {"max_iter": 0}, "^max_iter must be a positive integer"),
+    (deepfool, {"overshoot": -0.1}, "^overshoot must be"),
+    (deepfool, {"overshoot": np.inf}, "^overshoot must be"),
+    (deepfool, {"overshoot": True}, "^overshoot must be"),
+    (deepfool, {"overshoot": "0.1"}, "^overshoot must be"),
+    (deepfool, {"clip": (1, 0)}, "^clip must be"),
+    (deepfool, {"clip": (0.5, 0.5)}, "^clip must be"),
 ])
 def test_attack_scores_reject_bad_settings(attack, kwargs, match):
     with pytest.raises(ValueError, match=match):
         attack(linear_model(), np.zeros((2, 6)), **kwargs)
+
+
+
+# ------------------------------------------------------- dtypes, edge cases and settings
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.int8])
+def test_softmax_scores_accept_float32_and_integer_logits(dtype):
+    z = np.array([[3, -1, 0], [0, 2, 2], [-5, 4, 1]])
+    expected = direct_formulas(z.astype(np.float64))
+    for name, score in softmax_scores(z.astype(dtype)).items():
+        assert score.dtype == np.float64, name
+        np.testing.assert_allclose(score, expected[name], rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_softmax_scores_accept_low_precision_tensors(dtype):
+    # bfloat16 has no numpy dtype: the tensor must be converted to float64 in torch.
+    z = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.125, 3.0]], dtype=dtype)
+    expected = direct_formulas(z.double().numpy())
+    for name, score in softmax_scores(z).items():
+        np.testing.assert_allclose(score, expected[name], rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_softmax_scores_reject_complex_logits():
+    with pytest.raises(ValueError, match="real numbers"):
+        softmax_scores(np.array([[1.0, 2.0j]]))
+
+
+def constant_logits(bias, n_features=6):
+    """A linear model whose logits are ``bias`` everywhere: every input gradient is 0."""
+    model = nn.Linear(n_features, len(bias)).double()
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor(bias, dtype=torch.float64))
+    return model
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_input_margin_zero_gradient_is_infinite_unless_tied(norm):
+    X = np.random.default_rng(4).normal(size=(3, 6))
+    # Gaps 0.5 and 1.5 that no input change can close: infinitely far.
+    np.testing.assert_array_equal(input_margin(constant_logits([0.5, 0.0, -1.0]), X, norm=norm),
+                                  np.inf)
+    # Classes 0 and 1 tied: the input is on the boundary already.
+    np.testing.assert_array_equal(input_margin(constant_logits([0.0, 0.0, -1.0]), X, norm=norm),
+                                  0.0)
+
+
+def test_deepfool_zero_gradient_stops_after_one_step():
+    X = np.random.default_rng(5).normal(size=(3, 6))
+    result = deepfool(constant_logits([0.5, 0.0, -1.0]), X)
+    np.testing.assert_array_equal(result.n_iter, 1)
+    np.testing.assert_array_equal(result.distance, 0.0)
+    assert not result.success.any()
+    np.testing.assert_array_equal(result.adversarial_class, 0)
+
+
+def test_deepfool_tied_zero_gradient_stays_in_place_until_max_iter():
+    X = np.random.default_rng(6).normal(size=(3, 6))
+    result = deepfool(constant_logits([0.0, 0.0, -1.0]), X, max_iter=3)
+    np.testing.assert_array_equal(result.n_iter, 3)
+    np.testing.assert_array_equal(result.distance, 0.0)
+    assert not result.success.any()
+
+
+def test_deepfool_result_dtypes_are_documented_ones():
+    result = deepfool(linear_model(), np.random.default_rng(7).normal(size=(4, 6)))
+    assert result.distance.dtype == np.float64 and result.success.dtype == bool
+    assert result.adversarial_class.dtype == np.int64 and result.n_iter.dtype == np.int64
+
+
+def test_deepfool_with_a_box_the_boundary_cannot_be_reached_uses_max_iter():
+    # z = (x + 2, 0) on [0, 1]: the boundary x = -2 lies outside the box, each step is
+    # clipped back to x = 0, and the attack stops after max_iter (default 50) steps.
+    model = nn.Linear(1, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0], [0.0]]))
+        model.bias.copy_(torch.tensor([2.0, 0.0]))
+    X = np.array([[0.25], [0.5], [1.0]])
+    result = deepfool(model, X, clip=(0, 1))
+    np.testing.assert_array_equal(result.n_iter, 50)
+    assert not result.success.any()
+    np.testing.assert_allclose(result.distance, X[:, 0], rtol=1e-12)  # clipped to x = 0
+    unclipped = deepfool(model, X)
+    assert unclipped.success.all()
+    np.testing.assert_allclose(unclipped.distance, 1.02 * (X[:, 0] + 2), rtol=1e-12)
+
+
+def test_deepfool_breaks_a_tie_towards_the_lowest_class():
+    # z = (1, x_1, x_2) at x = 0: classes 1 and 2 are both at distance 1; like torchattacks'
+    # and the authors' argmin, the step goes towards the first of them, class 1.
+    model = nn.Linear(2, 3).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        model.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    result = deepfool(model, np.zeros((1, 2)))
+    np.testing.assert_array_equal(result.adversarial_class, [1])
+    np.testing.assert_allclose(result.distance, [1.02], rtol=1e-12)
+
+
+def test_deepfool_overshoot_zero_first_step_is_the_input_margin():
+    model = linear_model()
+    X = np.random.default_rng(8).normal(size=(10, 6))
+    result = deepfool(model, X, max_iter=1, overshoot=0)
+    np.testing.assert_array_equal(result.n_iter, 1)
+    np.testing.assert_allclose(result.distance, input_margin(model, X), rtol=1e-12)
+
+
+@pytest.mark.parametrize("attack", [input_margin, deepfool])
+def test_attack_scores_accept_integer_big_endian_and_batch_of_one_inputs(attack):
+    model = linear_model()
+    X = np.random.default_rng(9).integers(-3, 4, size=(5, 6))
+
+    def distances(X, **kwargs):
+        result = attack(model, X, **kwargs)
+        return result if attack is input_margin else result.distance
+
+    expected = distances(X.astype(np.float64))
+    np.testing.assert_allclose(distances(X), expected, rtol=1e-12)
+    np.testing.assert_allclose(distances(X.astype(">f8")), expected, rtol=1e-12)
+    np.testing.assert_allclose(distances(X.astype(np.float64), batch_size=1), expected,
+                               rtol=1e-12)
+    np.testing.assert_allclose(distances(X.astype(np.float64), device="cpu"), expected,
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("X", [torch.zeros((2, 6), dtype=torch.bool),
+                               torch.zeros((2, 6), dtype=torch.complex64)])
+@pytest.mark.parametrize("attack", [input_margin, deepfool])
+def test_attack_scores_reject_bool_and_complex_tensors(attack, X):
+    with pytest.raises(ValueError, match="real numbers"):
+        attack(linear_model(), X)
 
