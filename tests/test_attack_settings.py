@@ -1,6 +1,8 @@
 """ResistanceAttack's settings: documented defaults, the edges of what it accepts, preprocessing,
 the progress bar's count, and the types of its results."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -60,7 +62,7 @@ def test_attack_rejects_settings_past_the_edges(params, match):
                                 r"\(2, 4, 2\); give axis=-3"),
     ({"std": (1.0, 2.0, 3.0), "axis": -3}, r"std of shape \(3, 1, 1\) does not broadcast"),
     ({"mean": np.zeros((1, 2, 4, 2))}, r"mean of shape \(1, 2, 4, 2\) does not broadcast"),
-], ids=lambda value: " ".join(str(value).split())[:40])
+], ids=lambda value: re.sub(r"\W+", "-", str(value)).strip("-")[:40])
 def test_attack_rejects_bad_preprocessing(preprocessing, match):
     module = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     with pytest.raises(ValueError, match=match):
