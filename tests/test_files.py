@@ -67,6 +67,8 @@ def plant(path, marker, kind):
 KINDS = ["pickle", "joblib", "torch", "npz"]
 FIELDS = ["res_n", "res_max", "res_min", "res_mean", "adversarial_class", "c0", "conf0",
           "flipped"]
+# The unsafe readers the project must never use, here only to prove that each plant, which
+# this file writes itself into tmp_path, would run its code if one of them read it.
 UNSAFE_LOADERS = {
     "pickle": lambda path: pickle.loads(path.read_bytes()),
     "joblib": joblib.load,
