@@ -37,10 +37,11 @@ def memmap(images, tmp_path_factory):
 
 
 class CountingDataset(Dataset):
-    """Images, labelled as torchvision's datasets return them; counts the items read."""
+    """Images, labelled as torchvision's datasets return them (or bare, with
+    ``labelled=False``); counts the items read."""
 
-    def __init__(self, images, as_array=False):
-        self.images, self.as_array, self.reads = images, as_array, 0
+    def __init__(self, images, as_array=False, labelled=True):
+        self.images, self.as_array, self.labelled, self.reads = images, as_array, labelled, 0
 
     def __len__(self):
         return len(self.images)
@@ -48,7 +49,8 @@ class CountingDataset(Dataset):
     def __getitem__(self, i):
         self.reads += 1
         image = self.images[i]
-        return (image if self.as_array else torch.from_numpy(image.copy())), 0
+        image = image if self.as_array else torch.from_numpy(image.copy())
+        return (image, 0) if self.labelled else image
 
 
 class Recorder(nn.Module):
@@ -69,11 +71,12 @@ def test_attack_memmap_gives_the_tensor_results(trained_cnn, images, memmap):
     assert_identical(ATTACK(trained_cnn.module_, images.astype(np.float64)), expected)
 
 
+@pytest.mark.parametrize("labelled", [True, False])
 @pytest.mark.parametrize("as_array", [False, True])
 def test_attack_dataset_gives_the_tensor_results_reading_a_batch_at_a_time(
-        trained_cnn, images, as_array):
+        trained_cnn, images, as_array, labelled):
     expected = ATTACK(trained_cnn.module_, torch.tensor(images))
-    dataset = CountingDataset(images, as_array=as_array)
+    dataset = CountingDataset(images, as_array=as_array, labelled=labelled)
     module = Recorder(trained_cnn.module_, lambda x: dataset.reads)
     assert_identical(ATTACK(module, dataset), expected)
     # One item to learn the images' shape, then a batch before the first step.
