@@ -553,7 +553,7 @@ class ResistanceAttack(BaseEstimator):
                     if self.clip is not None:
                         r.copy_((slots.x + r).clamp(*self.clip) - slots.x)
             with torch.no_grad():
-                progress(slots.finish(done, norm, never, r))
+                progress(slots.finish(done, norm, r))
         return slots.result()
 
     def _auto_batch_size(self, module, X, device, n_jobs=1):
@@ -746,8 +746,9 @@ class _Slots:
                 torch.zeros(size, dtype=self.work, device=self.device) for _ in range(3))
         if not bool(fresh.any()):
             return
-        # Classes ranked above c0 are removed from the softmax with a -inf offset.
-        ranking = logits.to(self.work).argsort(dim=1, descending=True)
+        # Classes ranked above c0 are removed from the softmax with a -inf offset. Ties go
+        # to the lower class index, as in argmax: at r = 0 the prediction is c0.
+        ranking = logits.to(self.work).argsort(dim=1, descending=True, stable=True)
         c0 = ranking[:, rank]
         removed = torch.zeros_like(self.removed).scatter_(1, ranking[:, :rank], -torch.inf)
         self.c0 = torch.where(fresh, c0, self.c0)
@@ -766,7 +767,7 @@ class _Slots:
             self.traces[0, self.image[active], self.step[active]] = conf[active]
             self.traces[1, self.image[active], self.step[active]] = norm[active]
 
-    def finish(self, done, norm, never, r):
+    def finish(self, done, norm, r):
         """Store the results of the slots that are done and give them new images.
 
         Returns the progress made, in evaluations: one for each active slot,

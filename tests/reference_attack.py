@@ -66,7 +66,9 @@ class Stepper:
         self.step_size, self.norm, self.thresholds = step_size, norm, thresholds
         self.clip, self.optimizer = clip, optimizer
         with torch.no_grad():
-            ranking = self.logits(torch.zeros_like(self.X)).argsort(dim=1, descending=True)
+            # Ties go to the lower class index, as argmax's do.
+            ranking = self.logits(torch.zeros_like(self.X)).argsort(dim=1, descending=True,
+                                                                    stable=True)
         self.c0 = ranking[:, rank]
         self.removed = torch.zeros(ranking.shape, dtype=torch.bool).scatter(
             1, ranking[:, :rank], True)

@@ -198,7 +198,7 @@ def test_attack_cuda_without_cuda_raises():
     [
         (nn.Linear(4, 3), [[0.0] * 4] * 2, "torch.Tensor"),
         (nn.Linear(4, 3), torch.zeros(0, 4), "at least one sample"),
-        (nn.Linear(4, 3), torch.zeros(4), "shape"),
+        (nn.Linear(4, 3), torch.zeros(4), r"shape \(n_samples, \.\.\.\); got shape \(4,\)"),
         (nn.Linear(4, 3), torch.zeros(2, 5), "cannot take input of shape"),
         (nn.Linear(4, 1), torch.zeros(2, 4), "n_classes >= 2"),
         (nn.Sequential(nn.Linear(4, 3), nn.Flatten(0)), torch.zeros(2, 4), "one score per class"),
@@ -299,3 +299,110 @@ def test_attack_auto_batch_size_respects_memory_budget(cnn_module, digits, monke
     monkeypatch.setattr(_attack, "_memory_budget", lambda device: int(40 * per_image))
     assert attack._auto_batch_size(cnn_module, X, torch.device("cpu")) <= 32
     assert attack(cnn_module, X[:20]).features.shape == (20, 3)
+
+
+class _CountsBackward(torch.autograd.Function):
+    """The identity, counting the backward passes through it in ``counter[0]``."""
+
+    @staticmethod
+    def forward(ctx, x, counter):
+        ctx.counter = counter
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.counter[0] += 1
+        return grad, None
+
+
+class _CountsPasses(nn.Module):
+    """``module``, counting its forward passes and the backward passes through its input."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.forwards, self.backwards = module, 0, [0]
+
+    def forward(self, x):
+        self.forwards += 1
+        return self.module(_CountsBackward.apply(x, self.backwards))
+
+
+@pytest.mark.parametrize("n_images, rounds", [(3, 1), (5, 2)])
+def test_attack_costs_max_iter_plus_one_forward_and_max_iter_backward_passes(n_images, rounds):
+    # The documented cost of an image (501 F + 500 B at the defaults): the last step's
+    # gradient is never taken, since no step follows it.
+    module = _CountsPasses(nn.Linear(4, 3))
+    ResistanceAttack(max_iter=7, batch_size=4)(module, torch.rand(n_images, 4))
+    assert module.forwards == rounds * 8
+    assert module.backwards == [rounds * 7]
+
+
+class _Sign(nn.Module):
+    """Logits (x_0, -x_0): class 0 while the first entry is positive."""
+
+    def forward(self, x):
+        return torch.stack([x[:, 0], -x[:, 0]], dim=1)
+
+
+def test_attack_early_exit_stops_once_the_clip_holds_r_at_its_largest():
+    # With thresholds (0, 0) the loss is Conf - |r| throughout: r grows until the clip stops
+    # it at x + r = -1, the class has flipped, and |r| stays at its maximum (1.5) for good.
+    # That is "settled": the image leaves early_exit steps later.
+    X = torch.tensor([[0.5, 0.0]])
+    settings = dict(max_iter=100, step_size=0.5, thresholds=(0.0, 0.0), clip=(-1.0, 1.0),
+                    batch_size=1)
+    exact = ResistanceAttack(**settings)(_Sign(), X)
+    module = _CountsPasses(_Sign())
+    early = ResistanceAttack(**settings, early_exit=5)(module, X)
+    assert exact.res_n[0] == exact.res_max[0] == early.res_n[0] == early.res_max[0] == 1.5
+    assert early.flipped[0] and early.res_min[0] == exact.res_min[0]
+    pinned = 1 + int(np.ceil(1.5 / 0.5))  # |r| grows by at least step_size a step
+    assert module.forwards <= pinned + 5 + 1
+    # Res_mean averages |r| after the flip up to the last step taken: fewer steps at 1.5.
+    assert early.res_mean[0] < exact.res_mean[0] < 1.5
+
+
+class _Identity5(nn.Module):
+    """Five logits equal to the five inputs."""
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_attack_tied_logits_rank_the_lower_class_first(rank):
+    # At r = 0 all five logits are 0: the classes rank by index, as argmax picks, so the
+    # prediction at r = 0 is c0 (and Conf = 1 / (5 - rank)).
+    result = ResistanceAttack(max_iter=5, batch_size=2)(_Identity5(), torch.zeros(2, 5),
+                                                        rank=rank)
+    np.testing.assert_array_equal(result.c0, rank)
+    np.testing.assert_array_equal(result.conf0, np.float32(1 / (5 - rank)))
+
+
+def test_attack_conf_at_the_low_threshold_takes_the_conf_branch():
+    # Conf = 1/5 = thresholds[0] exactly at r = 0: the loss is Conf + |r| ("|r| if
+    # Conf < 0.2"), so the first step follows -grad Conf and the prediction flips at once.
+    # Below the threshold the loss would be |r| alone, whose gradient at r = 0 is 0.
+    result = ResistanceAttack(max_iter=5, batch_size=2, thresholds=(0.2, 0.9))(
+        _Identity5(), torch.zeros(2, 5))
+    assert result.conf0[0] == np.float32(0.2)
+    np.testing.assert_array_equal(result.res_min, 1)
+    below = ResistanceAttack(max_iter=5, batch_size=2, thresholds=(0.25, 0.9))(
+        _Identity5(), torch.zeros(2, 5))
+    assert not below.flipped.any()
+    np.testing.assert_array_equal(below.res_max, 0.0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attack_memory_format_follows_channels_last(channels_last):
+    # Three channels, so that the two layouts differ (with one channel they coincide).
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 3))
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    seen = []
+    module[0].register_forward_pre_hook(lambda m, args: seen.append(
+        (args[0].is_contiguous(memory_format=layout),
+         m.weight.is_contiguous(memory_format=layout))))
+    ResistanceAttack(max_iter=3, batch_size=2, channels_last=channels_last)(
+        module, torch.rand(3, 3, 4, 4))
+    assert len(seen) == 8 and all(inputs and weight for inputs, weight in seen), seen
+    assert module[0].weight.is_contiguous()

@@ -312,3 +312,32 @@ def test_attack_linf_splits_its_step_among_tied_entries():
     np.testing.assert_allclose(result.norm_trace, [t.norms for t in expected], **STRICT)
     assert_results_match(result, expected, **STRICT)
     assert result.flipped.all()
+
+
+def test_attack_l2_gradient_is_r_over_its_norm_even_where_squares_underflow():
+    from resistclf._attack import _l2, _l2_grad
+
+    r = torch.randn(64, 50, generator=torch.Generator().manual_seed(0))
+    direction = r / _l2(r)[:, None]
+    # Where nothing underflows, the plain formula, to the last bit (as the reference has it).
+    assert torch.equal(_l2_grad(r, _l2(r)), direction)
+    # Entries of 1e-25 square to 0 in float32: the direction is kept all the same.
+    tiny = r * 1e-25
+    assert torch.all((tiny ** 2).sum(dim=1) == 0)
+    torch.testing.assert_close(_l2_grad(tiny, _l2(tiny)), direction)
+    assert torch.equal(_l2_grad(torch.zeros(2, 50), torch.zeros(2)), torch.zeros(2, 50))
+
+
+def test_attack_results_are_read_off_the_trace_exactly_in_float64(mlp):
+    # The bookkeeping keeps the module's precision: in float64 every result is the trace's
+    # reading to float64 rounding (a float32 accumulator for Res_mean would be off by 1e-7).
+    module, X = mlp
+    result = ResistanceAttack(max_iter=40, step_size=0.5, batch_size=5)(
+        copy.deepcopy(module).double(), X.double(), return_trace=True)
+    assert result.flipped.sum() >= 6
+    np.testing.assert_array_equal(result.res_n, result.norm_trace[:, -1])
+    np.testing.assert_array_equal(result.res_max, result.norm_trace.max(axis=1))
+    np.testing.assert_array_equal(result.conf0, result.conf_trace[:, 0])
+    for i in np.flatnonzero(result.flipped):
+        np.testing.assert_allclose(result.res_mean[i],
+                                   result.norm_trace[i, result.res_min[i]:].mean(), rtol=1e-13)

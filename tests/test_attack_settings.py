@@ -2,10 +2,13 @@
 the progress bar's count, and the types of its results."""
 
 import re
+import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from torch import nn
 
 from resistclf import AttackResult, ResistanceAttack
@@ -108,6 +111,29 @@ def test_attack_preprocessing_follows_the_module_dtype():
     assert len(result) == 2
 
 
+def test_attack_preprocessing_takes_any_real_numbers():
+    X = torch.rand(3, 2, 4, 2)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    attack = ResistanceAttack(max_iter=5, batch_size=4)
+    as_floats = clone(attack).set_params(preprocessing={"mean": 0.5, "std": 0.25})(module, X)
+    as_fractions = clone(attack).set_params(
+        preprocessing={"mean": Fraction(1, 2), "std": [Fraction(1, 4)]})(module, X)
+    np.testing.assert_array_equal(as_fractions.res_n, as_floats.res_n)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "float16"])
+def test_attack_precision_runs_the_module_in_that_dtype(precision):
+    module = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    seen = set()
+    module[0].register_forward_hook(lambda m, args, out: seen.add(out.dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float32 must not ask for an autocast it then refuses
+        result = ResistanceAttack(max_iter=3, batch_size=4, precision=precision)(
+            module, torch.rand(3, 4))
+    assert seen == {getattr(torch, precision)}
+    assert result.res_n.dtype == np.float64  # the bookkeeping stays in float32 or wider
+
+
 @pytest.mark.parametrize("early_exit", [None, 3])
 def test_attack_progress_bar_counts_every_image_once(capsys, early_exit):
     module = nn.Sequential(nn.Linear(4, 3))
@@ -142,6 +168,9 @@ def test_attack_result_types_length_and_slices():
     joined = AttackResult.concatenate([traced[:2], traced[2:]])
     np.testing.assert_array_equal(joined.conf_trace, traced.conf_trace)
     assert AttackResult.concatenate([result[:2], result[2:]]).conf_trace is None
+    alone = AttackResult.concatenate([traced])  # one part: a parallel attack of one task
+    np.testing.assert_array_equal(alone.norm_trace, traced.norm_trace)
+    np.testing.assert_array_equal(alone.res_n, traced.res_n)
 
 
 @pytest.mark.parametrize("names", [("res_mean",), ("res_min", "res_n"), ["res_max"]])

@@ -69,6 +69,15 @@ def test_attack_memmap_gives_the_tensor_results(trained_cnn, images, memmap):
     expected = ATTACK(trained_cnn.module_, torch.tensor(images))
     assert_identical(ATTACK(trained_cnn.module_, memmap), expected)
     assert_identical(ATTACK(trained_cnn.module_, images.astype(np.float64)), expected)
+    # Files written on another machine may be big-endian; torch reads native order only.
+    assert_identical(ATTACK(trained_cnn.module_, images.astype(">f4")), expected)
+
+
+def test_attack_auto_batch_size_reads_a_dataset(trained_cnn, images):
+    # "auto" times batches it reads by position from X, here a Dataset.
+    attack = clone(ATTACK).set_params(max_iter=3, batch_size="auto")
+    result = attack(trained_cnn.module_, CountingDataset(images[:20]))
+    np.testing.assert_array_equal(result.c0, trained_cnn.predict(images[:20]))
 
 
 @pytest.mark.parametrize("labelled", [True, False])
@@ -117,6 +126,16 @@ class Ragged(Dataset):
         return torch.zeros(1, 8, 8 + i)
 
 
+class LastDiffers(Dataset):
+    """Its last image alone has another shape, and is read in a batch of its own."""
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return torch.zeros(1, 8, 8 if i < 2 else 9)
+
+
 @pytest.mark.parametrize(
     "X, error, match",
     [
@@ -124,6 +143,7 @@ class Ragged(Dataset):
         (Unsized(), TypeError, "map-style Dataset"),
         (Strings(), TypeError, "Dataset items must be images"),
         (Ragged(), ValueError, "images differ in shape"),
+        (LastDiffers(), ValueError, r"images differ in shape: \[\(1, 8, 8\), \(1, 8, 9\)\]"),
         (TensorDataset(torch.zeros(0, 4)), ValueError, "at least one sample"),
         (np.array([["a"] * 4] * 2), ValueError, "must hold numbers"),
         (np.zeros(4, dtype=np.float32), ValueError, "shape"),

@@ -23,6 +23,7 @@ from .._cache import _fingerprint
 from .._nets import eval_mode
 from ..metrics import auroc, tpr_at_fpr
 from ..plotting import plot_boxplots, plot_image_grid, plot_roc_curves
+from ..scores import max_softmax
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import call_repr, environment, keep_first_timings, load_attack_cache, \
     parallel_backend, phase, read_arrays, scored, table, with_interval, write_arrays, write_report
@@ -48,6 +49,9 @@ FOLDS = 5
 CHUNK = 1024
 DETECTORS = ["Res_N", "Res_max", "Res_min (Attack as Defense)", "LR(resistance), out-of-fold",
              "max-softmax (baseline)", "LR(max-softmax), out-of-fold (baseline)"]
+#: The panels of the features figure. Heavy tails (never-flipped images reach |r| = 70) and
+#: 1 - max-softmax spanning many decades: every panel has a log axis.
+BOXES = ["Res_N", "Res_max", "Res_min (steps)", "1 - max-softmax (baseline)"]
 
 _phase = partial(phase, "adversarial")
 
@@ -136,10 +140,15 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
     per_attack = {name: result[bounds[i + 1]: bounds[i + 2]] for i, name in enumerate(ATTACKS)}
 
     with _phase("detection metrics and bootstrap intervals", timings, verbose):
+        # 1 - max-softmax from the logits, in float64, so that it does not round to 0.
+        softmax_error = {"clean": max_softmax(_logits(module, X)),
+                         **{name: max_softmax(_logits(module, images))
+                            for name, images in adversarial.items() if len(images)}}
         analysis, scores = {}, {}
         for name in ATTACKS:
             analysis[name], scores[name] = _analyse(
-                clean, per_attack[name], adversarial[name] - X[success[name]], seed, n_resamples)
+                clean, per_attack[name], softmax_error["clean"], softmax_error.get(name),
+                adversarial[name] - X[success[name]], seed, n_resamples)
     results = {
         "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "test_accuracy": float(len(correct) / len(X_test)),
@@ -149,11 +158,11 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
         "torchattacks": torchattacks.__version__, "folds": FOLDS,
         "n_resamples": n_resamples, "environment": environment(),
         "clean": {"flip_rate": float(clean.flipped.mean()),
-                  "median": _medians(clean)},
+                  "median": _medians(clean, softmax_error["clean"])},
         "attacks": analysis,
     }
     with _phase("figures and report", timings, verbose):
-        figures = _figures(X, y, clean, per_attack, crafted, module, scores)
+        figures = _figures(X, y, clean, per_attack, softmax_error, crafted, module, scores)
     keep_first_timings(out, timings, cached)
     results["seconds"] = timings
     write_report(out, _markdown(results), results, figures)
@@ -194,9 +203,13 @@ def _runner_up(module, images, labels):
         return module(images).topk(2, dim=1).indices[:, 1]
 
 
-def _softmax(module, images):
+def _logits(module, images):
     with eval_mode(module), torch.no_grad():
-        return module(torch.from_numpy(np.array(images))).softmax(dim=1).numpy()
+        return module(torch.from_numpy(np.array(images)))
+
+
+def _softmax(module, images):
+    return _logits(module, images).softmax(dim=1).numpy()
 
 
 def _successful(module, adversarial, y, name):
@@ -225,15 +238,17 @@ def _resistance(attack, module, parts, path, verbose):
 METRICS = {"auroc": auroc, "tpr_at_5_fpr": partial(tpr_at_fpr, fpr=0.05)}
 
 
-def _medians(result):
+def _medians(result, softmax_error):
     return {"Res_N": float(np.median(result.res_n)), "Res_max": float(np.median(result.res_max)),
             "Res_min": float(np.median(result.res_min)),
-            "max-softmax": float(np.median(result.conf0))}
+            "max-softmax": float(np.median(1 - softmax_error))}
 
 
-def _analyse(clean, adv, delta, seed, n_resamples):
+def _analyse(clean, adv, clean_softmax_error, adv_softmax_error, delta, seed, n_resamples):
     """One attack's success, and each detector's clean-versus-adversarial scores.
 
+    ``clean_softmax_error`` and ``adv_softmax_error`` are ``1 - max-softmax`` of the clean
+    and the successful adversarial images (None if there are none).
     Returns the summary for ``results.json`` and the per-image scores (None if the
     attack succeeded fewer than twice).
     """
@@ -244,14 +259,14 @@ def _analyse(clean, adv, delta, seed, n_resamples):
         "median_l2": float(np.median(np.linalg.norm(flat, axis=1))) if n_pos else np.nan,
         "median_linf": float(np.median(np.abs(flat).max(axis=1))) if n_pos else np.nan,
         "resistance_flip_rate": float(adv.flipped.mean()) if n_pos else np.nan,
-        "median": _medians(adv) if n_pos else None,
+        "median": _medians(adv, adv_softmax_error) if n_pos else None,
         "detection": None,
     }
     if n_pos < 2:
         return summary, None
     is_adv = np.r_[np.zeros(len(clean), bool), np.ones(n_pos, bool)]
     features = np.vstack([clean.features, adv.features])
-    max_softmax = np.r_[clean.conf0, adv.conf0]
+    softmax_error = np.r_[clean_softmax_error, adv_softmax_error]
     folds = StratifiedKFold(min(FOLDS, n_pos), shuffle=True, random_state=seed)
 
     def out_of_fold(X):
@@ -262,13 +277,13 @@ def _analyse(clean, adv, delta, seed, n_resamples):
     # confidence point to them. The learned detectors pick their own direction, so the
     # one on max-softmax is the fair baseline for the one on resistance.
     scores = dict(zip(DETECTORS, [-features[:, 0], -features[:, 1], -features[:, 2],
-                                  out_of_fold(features), -max_softmax,
-                                  out_of_fold(max_softmax[:, None])]))
+                                  out_of_fold(features), softmax_error,
+                                  out_of_fold(softmax_error[:, None])]))
     summary["detection"] = scored(METRICS, is_adv, scores, n_resamples=n_resamples, seed=seed)
     return summary, (is_adv, scores)
 
 
-def _figures(X, y, clean, per_attack, crafted, module, scores):
+def _figures(X, y, clean, per_attack, softmax_error, crafted, module, scores):
     import matplotlib.pyplot as plt
 
     columns = 4
@@ -285,11 +300,12 @@ def _figures(X, y, clean, per_attack, crafted, module, scores):
         ax.axis("off")
     roc.tight_layout()
 
-    def values(result):
-        return [result.res_n, result.res_max, result.res_min.astype(float), result.conf0]
+    def values(result, group):
+        return [result.res_n, result.res_max, result.res_min.astype(float), softmax_error[group]]
 
-    groups = {"clean": values(clean),
-              **{name: values(result) for name, result in per_attack.items() if len(result)}}
+    groups = {"clean": values(clean, "clean"),
+              **{name: values(result, name) for name, result in per_attack.items()
+                 if len(result)}}
     shown = np.arange(min(4, len(X)))
     images, titles = [], []
     for i in shown:
@@ -302,8 +318,7 @@ def _figures(X, y, clean, per_attack, crafted, module, scores):
                           f"-> {proba.argmax()} ({proba.max():.2f})")
     return {
         "roc": roc,
-        "features": plot_boxplots(groups, ["Res_N", "Res_max", "Res_min (steps)",
-                                           "max-softmax (baseline)"]),
+        "features": plot_boxplots(groups, BOXES, log_panels=BOXES),
         "examples": plot_image_grid(np.array(images), titles, columns=len(ATTACKS) + 1),
     }
 
