@@ -241,6 +241,21 @@ def test_reference_net_weights_of_another_net_are_retrained(tmp_path, small_mnis
                                                          weights_only=True).keys()
 
 
+def test_reference_net_records_its_thread_count_and_reuses_the_net_under_another(
+        tmp_path, small_mnist):
+    # Training rounds differently with another number of threads: the count is recorded,
+    # and a cached net is reused whatever the count now, so that reports keep their net.
+    threads = torch.get_num_threads()
+    _, info = _small_net(small_mnist, tmp_path)
+    assert info["torch_threads"] == threads
+    try:
+        torch.set_num_threads(threads + 1)
+        _, reused = _small_net(small_mnist, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert reused == info
+
+
 def test_reference_net_loaded_from_its_weights_knows_its_classes(tmp_path, small_mnist):
     # Loading skips fit, where skorch learns the classes: the bench's verdicts need them.
     trained, _ = _small_net(small_mnist, tmp_path)

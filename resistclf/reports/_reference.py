@@ -87,6 +87,9 @@ def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, m
         torch.manual_seed(seed)
         net.fit(X_train, y_train)
     info["train_seconds"] = round(time.perf_counter() - start, 1)
+    # Training is bit-reproducible for a seed only at a fixed thread count (see the limits
+    # page of the user guide), so the count is recorded; it does not decide reuse.
+    info["torch_threads"] = torch.get_num_threads()
     # The module's state dict, as skorch's save_params writes it.
     with atomic_write(cache) as file:
         torch.save(net.module_.state_dict(), file)
