@@ -39,6 +39,11 @@ class AttackCache:
     deep-copies parameters when it clones.) With ``n_jobs > 1`` each worker
     process has its own copy.
 
+    Images are keyed, and attacked, as float32: through a cache, a float64
+    module given float64 images is attacked on those images rounded to
+    float32, so that every image behind one key gets the same result. Attack
+    without a cache where float64 inputs matter.
+
     Files written by :meth:`save` hold plain arrays (``.npz``) and are read
     back without pickle, so a cache shared between people and machines cannot
     run code.

@@ -52,6 +52,8 @@ DETECTORS = ["Res_N", "Res_max", "Res_min (Attack as Defense)", "LR(resistance),
 #: The panels of the features figure. Heavy tails (never-flipped images reach |r| = 70) and
 #: 1 - max-softmax spanning many decades: every panel has a log axis.
 BOXES = ["Res_N", "Res_max", "Res_min (steps)", "1 - max-softmax (baseline)"]
+#: The medians in the table of attacks.
+MEDIANS = ("Res_N", "Res_min", "1 - max-softmax")
 
 _phase = partial(phase, "adversarial")
 
@@ -241,7 +243,7 @@ METRICS = {"auroc": auroc, "tpr_at_5_fpr": partial(tpr_at_fpr, fpr=0.05)}
 def _medians(result, softmax_error):
     return {"Res_N": float(np.median(result.res_n)), "Res_max": float(np.median(result.res_max)),
             "Res_min": float(np.median(result.res_min)),
-            "max-softmax": float(np.median(1 - softmax_error))}
+            "1 - max-softmax": float(np.median(softmax_error))}
 
 
 def _analyse(clean, adv, clean_softmax_error, adv_softmax_error, delta, seed, n_resamples):
@@ -397,15 +399,15 @@ def _markdown(r):
         "",
         table(["attack", "torchattacks", "successful", "median L2", "median Linf",
                "resistance attack flipped", "median Res_N", "median Res_min",
-               "median max-softmax"],
+               "median 1 - max-softmax"],
               [["clean", "", "", "", "", f"{100 * r['clean']['flip_rate']:.1f}%",
-                *(f"{r['clean']['median'][k]:.3g}" for k in ("Res_N", "Res_min", "max-softmax"))]]
+                *(f"{r['clean']['median'][k]:.3g}" for k in MEDIANS)]]
               + [[name, call_repr(spec["torchattacks"], spec["params"]),
                   with_interval(a["success"]["value"], None, percent=True),
                   f"{a['median_l2']:.3g}", f"{a['median_linf']:.3g}",
                   with_interval(a["resistance_flip_rate"], None, percent=True),
                   *(("n/a",) * 3 if a["median"] is None else
-                    (f"{a['median'][k]:.3g}" for k in ("Res_N", "Res_min", "max-softmax")))]
+                    (f"{a['median'][k]:.3g}" for k in MEDIANS))]
                  for (name, a), spec in zip(attacks.items(),
                                              r["adversarial_attacks"].values())]),
         "",
