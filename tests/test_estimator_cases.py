@@ -146,6 +146,17 @@ def test_line_net_errors_and_attack_are_as_worked_out():
     assert np.all(np.diff(results.res_min[np.argsort(distance)]) >= 0)
 
 
+def test_classifier_attack_results_attack_away_from_the_rank_asked_for():
+    # The runner-up of a position is the neighbour across the nearer cut: rank=1 starts there.
+    s = np.array([-3.0, -1.6, -0.5, 0.2, 1.3, 2.5])
+    y = predicted(s)
+    y[0] = 1  # an error, so that the detector is fit
+    clf = ResistanceClassifier(FrozenEstimator(line_net(cuts=(-1.0, 1.0))), attack=ATTACK,
+                               cv="prefit").fit(on_line(s), LABELS[y])
+    np.testing.assert_array_equal(clf.attack_results(on_line(s)).c0, predicted(s))
+    np.testing.assert_array_equal(clf.attack_results(on_line(s), rank=1).c0, moved_to(s))
+
+
 def test_classifier_corrects_exactly_the_samples_at_or_above_the_threshold():
     s = np.linspace(-3, 3, 41)
     s = s[(np.abs(np.abs(s) - 1) > 0.05) & (np.abs(s) > 0.05)]  # not on a cut, nor halfway
