@@ -214,22 +214,36 @@ def test_attack_rank_out_of_range_raises():
         ResistanceAttack(max_iter=2)(nn.Linear(4, 3), torch.rand(2, 4), rank=3)
 
 
-class _CountsRows(nn.Module):
-    """Wraps a module and counts the rows it computes."""
+class _CountsBackward(torch.autograd.Function):
+    """The identity, counting the backward passes through it in ``counter[0]``."""
+
+    @staticmethod
+    def forward(ctx, x, counter):
+        ctx.counter = counter
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.counter[0] += 1
+        return grad, None
+
+
+class _Counts(nn.Module):
+    """``module``, counting the rows it computes and the backward passes through its input."""
 
     def __init__(self, module):
         super().__init__()
-        self.module, self.rows = module, 0
+        self.module, self.rows, self.backwards = module, 0, [0]
 
     def forward(self, x):
         self.rows += len(x)
-        return self.module(x)
+        return self.module(_CountsBackward.apply(x, self.backwards))
 
 
 def test_attack_early_exit_agrees_with_exact_and_does_less_work(cnn_module, digits):
     _, _, X, _ = digits
     X = torch.tensor(X[:64])
-    exact_module, early_module = _CountsRows(cnn_module), _CountsRows(cnn_module)
+    exact_module, early_module = _Counts(cnn_module), _Counts(cnn_module)
     exact = ResistanceAttack(max_iter=300, batch_size=16)(exact_module, X)
     early = ResistanceAttack(max_iter=300, batch_size=16, early_exit=40)(early_module, X)
     # Up to its exit an image follows the exact trajectory bit for bit.
@@ -301,39 +315,13 @@ def test_attack_auto_batch_size_respects_memory_budget(cnn_module, digits, monke
     assert attack(cnn_module, X[:20]).features.shape == (20, 3)
 
 
-class _CountsBackward(torch.autograd.Function):
-    """The identity, counting the backward passes through it in ``counter[0]``."""
-
-    @staticmethod
-    def forward(ctx, x, counter):
-        ctx.counter = counter
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        ctx.counter[0] += 1
-        return grad, None
-
-
-class _CountsPasses(nn.Module):
-    """``module``, counting its forward passes and the backward passes through its input."""
-
-    def __init__(self, module):
-        super().__init__()
-        self.module, self.forwards, self.backwards = module, 0, [0]
-
-    def forward(self, x):
-        self.forwards += 1
-        return self.module(_CountsBackward.apply(x, self.backwards))
-
-
 @pytest.mark.parametrize("n_images, rounds", [(3, 1), (5, 2)])
 def test_attack_costs_max_iter_plus_one_forward_and_max_iter_backward_passes(n_images, rounds):
     # The documented cost of an image (501 F + 500 B at the defaults): the last step's
     # gradient is never taken, since no step follows it.
-    module = _CountsPasses(nn.Linear(4, 3))
+    module = _Counts(nn.Linear(4, 3))
     ResistanceAttack(max_iter=7, batch_size=4)(module, torch.rand(n_images, 4))
-    assert module.forwards == rounds * 8
+    assert module.rows == rounds * 8 * 4  # forward passes of 4 rows
     assert module.backwards == [rounds * 7]
 
 
@@ -352,12 +340,12 @@ def test_attack_early_exit_stops_once_the_clip_holds_r_at_its_largest():
     settings = dict(max_iter=100, step_size=0.5, thresholds=(0.0, 0.0), clip=(-1.0, 1.0),
                     batch_size=1)
     exact = ResistanceAttack(**settings)(_Sign(), X)
-    module = _CountsPasses(_Sign())
+    module = _Counts(_Sign())
     early = ResistanceAttack(**settings, early_exit=5)(module, X)
     assert exact.res_n[0] == exact.res_max[0] == early.res_n[0] == early.res_max[0] == 1.5
     assert early.flipped[0] and early.res_min[0] == exact.res_min[0]
     pinned = 1 + int(np.ceil(1.5 / 0.5))  # |r| grows by at least step_size a step
-    assert module.forwards <= pinned + 5 + 1
+    assert module.rows <= pinned + 5 + 1  # forward passes of one row
     # Res_mean averages |r| after the flip up to the last step taken: fewer steps at 1.5.
     assert early.res_mean[0] < exact.res_mean[0] < 1.5
 
