@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resistclf import ResistanceAttack
+from resistclf import ResistanceAttack, ResultStore
+from resistclf._attack import FEATURE_NAMES
 from resistclf.metrics import detection_metrics
+from resistclf.scores import resistance_error_scores
 from resistclf.reports._reference import DATASETS, load_dataset, reference_net
 from resistclf.reports._report import write_json
 
 
 def sweep(dataset, root, out, step_sizes, seed=0):
     X_train, y_train, X_test, y_test = load_dataset(dataset, root)
-    net, _ = reference_net(X_train, y_train, cache=Path(out) / f"{dataset}-net.pt", seed=seed)
+    net, _ = reference_net(X_train, y_train, store=ResultStore(Path(out) / "cache"), seed=seed)
     pred = net.predict(X_test)
     rng = np.random.RandomState(seed)
     correct = rng.choice(np.flatnonzero(pred == y_test), 1000, replace=False)
@@ -39,9 +41,9 @@ def sweep(dataset, root, out, step_sizes, seed=0):
             "n_correct": len(correct), "n_wrong": len(wrong),
             "flip_rate_correct": float(result.flipped[~is_error].mean()),
             "flip_rate_wrong": float(result.flipped[is_error].mean()),
-            **{f"auroc_{name}": detection_metrics(is_error, -getattr(result, name))["auroc"]
-               for name in ["res_n", "res_max", "res_min"]},
-            "auroc_max_softmax": detection_metrics(is_error, -result.conf0)["auroc"],
+            **{f"auroc_{name}": detection_metrics(is_error, score)["auroc"]
+               for name, score in resistance_error_scores(result, FEATURE_NAMES).items()},
+            "auroc_max_softmax": detection_metrics(is_error, 1 - result.conf0)["auroc"],
             "seconds": round(time.perf_counter() - start, 1),
         })
         print(json.dumps(rows[-1]), flush=True)

@@ -15,7 +15,7 @@ baseline: max-softmax for detection, the net itself for accuracy.
 import matplotlib.pyplot as plt
 from sklearn.model_selection import train_test_split
 
-from resistclf import AttackCache, ResistanceAttack, ResistanceClassifier
+from resistclf import ResistanceAttack, ResistanceClassifier
 from resistclf.datasets import load_digits_images
 from resistclf.metrics import detection_metrics
 from resistclf.models import SimpleCNN, make_net
@@ -32,11 +32,9 @@ net = make_net(SimpleCNN, image_size=8, channels=(8, 16), hidden=64, max_epochs=
 # error detector on the resistance of the 20% held out: a net is rarely wrong on
 # the images it trained on. Digits change class within a few steps of the attack,
 # so 100 steps are enough here (the default, 500, is for MNIST-sized nets). The
-# cache keeps each image's result, so ``transform``, ``predict`` and
-# ``predict_error_proba`` attack the test images once between them.
-clf = ResistanceClassifier(
-    net, attack=ResistanceAttack(max_iter=100), cache=AttackCache(), random_state=0
-)
+# classifier remembers its last inputs' attacks, so ``transform``, ``predict``,
+# ``predict_error_proba`` and ``score`` attack the test images once between them.
+clf = ResistanceClassifier(net, attack=ResistanceAttack(max_iter=100), random_state=0)
 clf.fit(X_train, y_train)
 
 # %%
@@ -65,7 +63,7 @@ for name, score in error_scores.items():
 # where the detector flags an error; ``predict_topk(k=2)`` lists both.
 print(f"accuracy: net {1 - is_error.mean():.3f}, detect then correct "
       f"{clf.score(X_test, y_test):.3f}")
-print("top-2 lists of the first five test images:\n", clf.predict_topk(X_test[:5], k=2))
+print("top-2 lists of the first five test images:\n", clf.predict_topk(X_test, k=2)[:5])
 
 # %%
 # Resistance of correct and wrong predictions

@@ -3,6 +3,7 @@
 import copy
 import os
 import time
+import warnings
 from dataclasses import dataclass, fields
 from numbers import Integral, Real
 
@@ -11,18 +12,20 @@ import torch
 from joblib import Parallel, delayed, effective_n_jobs
 from joblib.parallel import get_active_backend
 from sklearn.base import BaseEstimator, clone
-from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch.utils.data import Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from ._nets import (
     Normalized,
     channels_last_weights,
+    check_module,
     eval_mode,
     forward,
     module_device,
     module_dtype,
     on_device,
+    resolve_device,
 )
 
 #: The write-up's three features, in the order of :attr:`AttackResult.features`.
@@ -110,6 +113,19 @@ class AttackResult:
                 for f in fields(cls)
             }
         )
+
+
+def _is_number(value):
+    """Whether ``value`` is a real number other than a bool or NaN."""
+    return isinstance(value, Real) and not isinstance(value, bool) and value == value
+
+
+def check_clip(clip):
+    """Raise unless ``clip`` is None or a pair of numbers ``(low, high)`` with low < high."""
+    if clip is not None and not (isinstance(clip, (tuple, list)) and len(clip) == 2
+                                 and all(map(_is_number, clip)) and clip[0] < clip[1]):
+        raise ValueError(f"clip must be None or a pair of numbers (low, high) with low < high; "
+                         f"got {clip!r}.")
 
 
 def check_feature_names(names):
@@ -212,11 +228,12 @@ class ResistanceAttack(BaseEstimator):
     optimizer : {"sgd", "adam"}, default="sgd"
         Plain gradient descent (the write-up's), or Adam.
     batch_size : int or "auto", default=256
-        Number of images attacked at once. ``"auto"`` times a few steps at
-        batch sizes from 16 up and takes the smallest within 10% of the best
-        throughput whose estimated memory fits the budget (a quarter of the
-        RAM on CPU, half the free memory on CUDA). Results depend on the batch
-        size in their last digits (see Notes), so set an integer for
+        Most images attacked at once, as rows of one batch; fewer images run in
+        fewer rows, the next multiple of 16 (see Notes). ``"auto"`` times a few
+        steps at batch sizes from 16 up and takes the smallest within 10% of
+        the best throughput whose estimated memory fits the budget (a quarter
+        of the RAM on CPU, half the free memory on CUDA). Results depend on the
+        batch size in their last digits (see Notes), so set an integer for
         bit-for-bit reproducible numbers.
     precision : {"float32", "bfloat16", "float16"}, default="float32"
         Precision of the module's forward and backward passes, through
@@ -240,7 +257,8 @@ class ResistanceAttack(BaseEstimator):
         results in their last digits, like a different batch size (see Notes).
     device : str, torch.device or None, default=None
         Where to run. None runs on the module's own device. Otherwise the
-        module is moved there for the attack and moved back afterwards.
+        module is moved there for the attack and moved back afterwards;
+        ``"meta"``, which holds no data, is refused.
     n_jobs : int or None, default=None
         Number of joblib workers, each attacking batches of images with its
         own copy of the module. None means 1 unless in a
@@ -265,17 +283,50 @@ class ResistanceAttack(BaseEstimator):
     minimum-norm subgradient, 0, so the first step follows ``-grad Conf``
     alone and no direction is preferred by the norm.
 
-    **Batches have a fixed shape.** Images are attacked in ``batch_size``
-    slots; a slot whose image is done takes the next image, and slots left
-    without one are run anyway, so the kernels always see the same shapes.
+    **Images the net is sure of past float32's range.** Beyond a logit
+    margin of about 104, float32's softmax is one-hot: the other classes'
+    probabilities, ``1 - Conf`` and Conf's gradient are all exactly 0 (below
+    a margin of about 87 they are already subnormal, and the gradient loses
+    its digits). With the subgradient of ``|r|`` at 0 also 0, ``r`` would
+    never leave 0, and the images the net is surest of would get Res_N =
+    Res_max = 0 and never flip. In exact arithmetic the first step is
+    ``step_size * (1 - Conf) * grad log(1 - Conf)``: tiny, but with a
+    direction, and ``log(1 - Conf) = logsumexp(z_others) - logsumexp(z)``
+    stays finite at any margin. So where ``1 - Conf`` is below the smallest
+    normal number and ``r`` is still 0, the first step takes its direction
+    from the gradient of ``log(1 - Conf)`` (``q_k - p_k`` for the logits of
+    the other classes, ``q`` their own softmax, and ``-Conf`` for ``c0``) and
+    a size of ``step_size * eps**2`` in its largest entry (2e-15 at the
+    defaults in float32; ``clip`` then applies to ``r`` alone, since ``x +
+    r`` rounds it away). The exact size is below float32's range, and either
+    is negligible next to ``step_size``: from the next step the ``|r|`` term
+    grows ``r`` along that direction by ``step_size`` a step until Conf
+    falls. For a linear net, Res_max then lands within one step of the exact
+    distance to the boundary along that direction, at logit margins past
+    1,000. Every other image's arithmetic is unchanged, bit for bit.
+
+    **An image's result does not depend on the images attacked with it.**
     This matters because the attack's last phase is chaotic: it bounces
     across the Conf thresholds, and a difference of 1e-7 in the logits, such
     as BLAS gives when it picks another kernel for another number of rows,
-    grows to about ``step_size`` in Res_N within a few hundred steps. With
-    fixed shapes an image's result is the same whether it is attacked alone
-    or among others, bit for bit on the machines tested. The price is that
-    fewer than ``batch_size`` images cost as much as ``batch_size``; lower
-    ``batch_size`` for small inputs.
+    grows to about ``step_size`` in Res_N within a few hundred steps. Images
+    are attacked in the slots of one batch, at most ``batch_size``; a slot
+    whose image is done takes the next image, and once the images run out
+    the idle slots are dropped down to the next multiple of 16 rows, so that
+    2 images cost 16 rows rather than 256. Measured on the development
+    machine's CPU (AMD EPYC, torch 2.14, 1 to 16 threads) with the reference
+    :class:`~resistclf.models.SimpleCNN` (28x28 and 8x8 inputs) and
+    :class:`~resistclf.models.MLP`: each row's logits and input gradient are
+    bit for bit the same in a batch of any multiple of 4 rows (4 to 300
+    tried), wherever the row sits; batches of 1 to 3 rows differ by about
+    1e-8, and so do some other row counts that are not multiples of 4 with
+    several threads (5 to 11 rows with 2 threads, also 17 to 19 and 25 to 27
+    with 16). Multiples of 16 keep clear of those, so there, with a
+    ``batch_size`` that is a multiple of 16 (256 is), an image's result is the
+    same, bit for bit, alone or among others. Hardware that picks
+    other kernels for other row counts (a GPU, another BLAS) may differ in
+    the last digits, as another ``batch_size`` may; an
+    :class:`~resistclf.AttackCache` shared across such runs mixes them.
 
     **Res_mean** is the stable summary of the same oscillation: the mean
     ``|r|`` from the first flip to the last step averages over a few hundred
@@ -348,52 +399,49 @@ class ResistanceAttack(BaseEstimator):
 
     def _check_settings(self, return_trace):
         self._validate_params()
+        # scikit-learn counts a bool as an integer; here True would be a typo, not a 1.
+        for name in ("max_iter", "step_size", "batch_size", "early_exit", "n_jobs"):
+            if isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a number, not a bool; got "
+                                f"{getattr(self, name)!r}.")
+        if not isinstance(return_trace, bool):
+            raise TypeError(f"return_trace must be a bool; got a {type(return_trace).__name__}.")
         low, high = self.thresholds if len(self.thresholds) == 2 else (None, None)
-        if not (isinstance(low, Real) and isinstance(high, Real) and 0 <= low <= high <= 1):
+        if not (_is_number(low) and _is_number(high) and 0 <= low <= high <= 1):
             raise ValueError(
                 "thresholds must be two numbers (low, high) with "
                 f"0 <= low <= high <= 1; got {self.thresholds!r}."
             )
-        if self.clip is not None and not (
-            len(self.clip) == 2 and self.clip[0] < self.clip[1]
-        ):
-            raise ValueError(
-                f"clip must be None or a pair (low, high) with low < high; "
-                f"got {self.clip!r}."
-            )
+        check_clip(self.clip)
         if self.preprocessing is not None:
             _mean_and_std(self.preprocessing)
         if self.n_jobs == 0:
             raise ValueError("n_jobs=0 has no meaning: give a positive number of workers, "
                              "-1 for all CPUs, or None.")
-        device = torch.device("cpu" if self.device is None else self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"device={self.device!r} was asked for, but CUDA is not available."
-            )
         if self.early_exit is not None and (self.optimizer != "sgd" or return_trace):
             raise ValueError(
                 "early_exit works with optimizer='sgd' and without return_trace: Adam's "
                 "state and the traces need every step."
             )
 
-    @validate_params(
-        {"X": [torch.Tensor, np.ndarray, Dataset],
-         "rank": [Interval(Integral, 0, None, closed="left")], "return_trace": ["boolean"]},
-        prefer_skip_nested_validation=True,
-    )
     def __call__(self, module, X, *, rank=0, return_trace=False):
         """Attack every image in ``X`` and return the per-image results.
 
         Parameters
         ----------
         module : torch.nn.Module
-            Maps a batch of inputs to logits of shape (n_samples, n_classes).
-            It is run in eval mode with its parameters frozen; its mode,
+            Maps a batch of inputs to logits of shape (n_samples, n_classes)
+            (log-probabilities will do; probabilities give a warning). It is
+            run in eval mode with its parameters frozen; its mode,
             ``requires_grad`` flags and device are restored afterwards, also
-            after an error.
+            after an error. A float16 or bfloat16 module computes in its own
+            dtype while ``x + r`` and the bookkeeping stay in float32 (for a
+            float16 copy of an MLP, bit for bit what ``precision="float16"``
+            gives the float32 original).
         X : torch.Tensor, ndarray or torch.utils.data.Dataset
-            The inputs, of shape (n_samples, ...); never modified. A NumPy
+            The inputs, of shape (n_samples, ...), as floating-point pixels
+            (integer images raise: scale them, for example ``X.float() /
+            255``) that are all finite; never modified. A NumPy
             array may be memory-mapped (``np.load(path, mmap_mode="r")``) and
             a map-style ``Dataset`` may return images or tuples whose first
             element is the image (as torchvision's datasets do). Either is
@@ -413,9 +461,17 @@ class ResistanceAttack(BaseEstimator):
         result : AttackResult
         """
         self._check_settings(return_trace)
+        check_module(module)
+        if isinstance(rank, bool) or not isinstance(rank, Integral):
+            raise TypeError(f"rank must be an integer; got a {type(rank).__name__}.")
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0; got {rank}.")
+        if not isinstance(X, (torch.Tensor, np.ndarray, Dataset)):
+            raise TypeError("X must be a torch.Tensor, a NumPy array or a map-style Dataset; "
+                            f"got a {type(X).__name__}.")
         images = _Images(X)
+        device = resolve_device(self.device, module)
         module = self.preprocessed(module, images.sample_shape)
-        device = module_device(module) if self.device is None else torch.device(self.device)
         n_jobs = effective_n_jobs(self.n_jobs)
         batch_size = self.batch_size
         if batch_size == "auto":
@@ -430,9 +486,10 @@ class ResistanceAttack(BaseEstimator):
                 return self._attack_chunk(module, images, device, batch_size, rank,
                                           return_trace, progress.update)
         # One batch per task (fewer images when there are few): many small tasks, so that
-        # a lost worker costs one of them. Results do not depend on the split, since every
-        # batch has the same shape. Each task's images are read only when joblib dispatches
-        # it, which bounds the memory they take.
+        # a lost worker costs one of them. Results do not depend on the split, since the
+        # module computes each row alike in every batch the attack runs (see Notes). Each
+        # task's images are read only when joblib dispatches it, which bounds the memory
+        # they take.
         size = min(batch_size, -(-len(images) // n_jobs))
         # Threads would share the module, whose state each task changes and restores.
         shared = getattr(get_active_backend()[0], "uses_threads", False)
@@ -491,8 +548,11 @@ class ResistanceAttack(BaseEstimator):
 
     def _attack_images(self, module, images, device, batch_size, rank, return_trace,
                        progress):
-        """Attack the images through ``batch_size`` slots of a fixed-shape batch."""
+        """Attack the images through at most ``batch_size`` slots of a batch (see Notes)."""
         dtype = module_dtype(module)
+        # A float16 or bfloat16 module computes in its own dtype, but x + r and the
+        # bookkeeping stay in float32: in 8 or 11 bits most steps would round away.
+        slot_dtype = torch.promote_types(dtype, torch.float32)
         norm_of, norm_grad = _NORMS[self.norm]
         low, high = self.thresholds
         never = self.max_iter + 1
@@ -500,23 +560,35 @@ class ResistanceAttack(BaseEstimator):
                                   enabled=self.precision != "float32")
         memory_format = (torch.channels_last if self.channels_last
                          and len(images.sample_shape) == 3 else torch.contiguous_format)
-        slots = _Slots(images, batch_size, device, dtype, return_trace, self.max_iter,
-                       memory_format)
+        slots = _Slots(images, _slot_count(batch_size, len(images)), device, slot_dtype,
+                       return_trace, self.max_iter, memory_format)
         r = torch.zeros_like(slots.x, requires_grad=True)
-        optimizer = None
+        optimizer, first = None, True
 
-        while slots.busy():
-            if slots.all_fresh():  # all slots restart together: a new optimizer state
+        while busy := slots.busy():
+            fresh = slots.all_fresh()
+            # Adam's state belongs to the rows of r, so it shrinks only with a new round.
+            kept = slots.shrink() if fresh or self.optimizer == "sgd" else None
+            if kept is not None:
+                r = r.detach()[kept].to(memory_format=memory_format).requires_grad_(True)
+            if fresh or kept is not None:  # a new optimizer state (SGD's is empty)
                 optimizer = (torch.optim.SGD if self.optimizer == "sgd" else torch.optim.Adam)(
                     [r], lr=self.step_size)
+            inputs = slots.x + r
             with autocast:
-                raw = forward(module, slots.x + r)
+                raw = forward(module, inputs if inputs.dtype == dtype else inputs.to(dtype),
+                              n_samples=busy)
             with torch.no_grad():
+                active = slots.image >= 0
+                norm = norm_of(r.detach().flatten(1))
+                self._check_finite(raw.detach(), norm, active, slots)
+                if first:
+                    _warn_if_probabilities(raw.detach()[active])
+                    first = False
                 slots.start_images(raw.detach(), rank)
                 logits = raw.detach().to(slots.work) + slots.removed
                 proba = logits.softmax(dim=1)
                 conf = proba[slots.is_c0]
-                norm = norm_of(r.detach().flatten(1))
                 pred = logits.argmax(dim=1)
                 changed = pred != slots.c0
                 step = slots.step
@@ -538,8 +610,13 @@ class ResistanceAttack(BaseEstimator):
                 # dConf/dlogits = Conf * (e_c0 - p), with 1 - Conf summed from
                 # the other classes so that it does not round to 0.
                 others = proba.masked_fill(slots.is_c0, 0.0)
-                dconf = torch.where(slots.is_c0, others.sum(dim=1, keepdim=True), -others)
+                rest = others.sum(dim=1, keepdim=True)
+                dconf = torch.where(slots.is_c0, rest, -others)
                 dconf *= (conf * (conf >= low))[:, None]
+                stalled = _stalled(logits, slots.is_c0, rest, active & (conf >= low), r)
+                if stalled is not None:
+                    dconf = torch.where(stalled[:, None],
+                                        _log_rest_gradient(logits, slots.is_c0), dconf)
                 norm_sign = torch.where(conf >= high, -1.0, 1.0).to(dconf.dtype)
             if not bool(done.all()):
                 (grad,) = torch.autograd.grad(raw, r, grad_outputs=dconf.to(raw.dtype))
@@ -548,13 +625,44 @@ class ResistanceAttack(BaseEstimator):
                     # Out of place: the input gradient of a module that sums its input
                     # is a broadcast view, which cannot be written to.
                     grad = grad + (norm_sign[:, None] * norm_grad(flat, norm)).view_as(r)
+                    if stalled is not None:
+                        grad = _tiny_first_step(grad, stalled)
                     r.grad = grad
                     optimizer.step()
                     if self.clip is not None:
-                        r.copy_((slots.x + r).clamp(*self.clip) - slots.x)
+                        clipped = (slots.x + r).clamp(*self.clip) - slots.x
+                        if stalled is not None:  # r, too small to change x + r, clipped alone
+                            clipped = torch.where(
+                                stalled.view(-1, *[1] * (r.dim() - 1)),
+                                r.clamp(self.clip[0] - slots.x, self.clip[1] - slots.x), clipped)
+                        r.copy_(clipped)
             with torch.no_grad():
                 progress(slots.finish(done, norm, r))
         return slots.result()
+
+    def _check_finite(self, logits, norm, active, slots):
+        """Raise, naming the image and the step, where the logits or ``|r|`` are not finite."""
+        bad = active & ~(torch.isfinite(norm) & torch.isfinite(logits).all(dim=1))
+        if not bool(bad.any()):
+            return
+        slot = int(bad.nonzero()[0, 0])
+        image, step, size = int(slots.image[slot]), int(slots.step[slot]), float(norm[slot])
+        if np.isnan(size):
+            raise ValueError(f"|r| is NaN for image {image} at step {step}: the net's input "
+                             "gradient was NaN or infinite at the step before.")
+        if np.isinf(size):
+            raise ValueError(
+                f"|r| overflowed to inf for image {image} at step {step}: step_size="
+                f"{self.step_size!r} is too large for this net; lower it, or set clip."
+            )
+        if step == 0:
+            raise ValueError(f"The net returned NaN or infinite logits for image {image}, "
+                             "before any perturbation; the attack needs finite logits.")
+        raise ValueError(
+            f"The net returned NaN or infinite logits for image {image} at step {step}, "
+            f"with |r| = {size:.3g}: the perturbation grew past what the net can take; "
+            f"lower step_size (now {self.step_size!r}), or set clip."
+        )
 
     def _auto_batch_size(self, module, X, device, n_jobs=1):
         """The smallest batch size within 10% of the best measured throughput."""
@@ -572,7 +680,7 @@ class ResistanceAttack(BaseEstimator):
                                            early_exit=None, preprocessing=None, n_jobs=1,
                                            verbose=False)
             batch = images.take(np.arange(batch_size) % len(images))
-            timed(module, batch[:1])  # warm-up at this shape
+            clone(timed).set_params(max_iter=1)(module, batch)  # warm-up at this shape
             start = time.perf_counter()
             timed(module, batch)
             throughput[int(batch_size)] = batch_size / (time.perf_counter() - start)
@@ -580,6 +688,71 @@ class ResistanceAttack(BaseEstimator):
             if len(images) <= batch_size or throughput[int(batch_size)] < 0.8 * best:
                 break
         return min(b for b, t in throughput.items() if t >= 0.9 * best) if throughput else 16
+
+
+def _stalled(logits, is_c0, rest, moving, r):
+    """The rows at ``r = 0`` whose Conf gradient underflows, or None if there are none.
+
+    ``rest`` is ``1 - Conf``, the other classes' probabilities summed; below the
+    smallest normal number (a logit margin above about 87 in float32) its gradient
+    is lost, entirely past a margin of about 104. Only rows left a class to move to.
+    """
+    at_zero = ~r.detach().flatten(1).any(dim=1)
+    stalled = moving & at_zero & (rest[:, 0] < torch.finfo(rest.dtype).tiny)
+    if bool(stalled.any()):
+        stalled &= (logits.masked_fill(is_c0, -torch.inf) > -torch.inf).any(dim=1)
+    return stalled if bool(stalled.any()) else None
+
+
+def _log_rest_gradient(logits, is_c0):
+    """The gradient of ``-log(1 - Conf)`` with respect to the logits, finite at any margin.
+
+    ``log(1 - Conf) = logsumexp(z_others) - logsumexp(z)``, so the gradient is
+    ``Conf`` at ``c0`` and ``p_k - q_k`` elsewhere, ``q`` being the softmax over
+    the other classes. It points where ``grad Conf = (1 - Conf) * grad(-log(1 -
+    Conf))`` does, without the factor ``1 - Conf`` that underflows.
+    """
+    p = logits.softmax(dim=1)
+    q = logits.masked_fill(is_c0, -torch.inf).softmax(dim=1)
+    return torch.where(is_c0, p, p - q)
+
+
+def _tiny_first_step(grad, stalled):
+    """``grad`` with the ``stalled`` rows scaled to a largest entry of ``eps**2``.
+
+    Their true size, ``1 - Conf`` times the gradient of ``-log(1 - Conf)``, is below
+    the dtype's range; ``eps**2`` keeps the direction, and a first step of
+    ``step_size * eps**2`` is lost in the rounding of ``|r|`` once the ``|r|`` term
+    grows ``r`` along it.
+    """
+    shape = (-1, *[1] * (grad.dim() - 1))
+    largest = grad.flatten(1).abs().amax(dim=1).clamp_min(torch.finfo(grad.dtype).tiny)
+    scaled = grad * (torch.finfo(grad.dtype).eps ** 2 / largest).view(shape)
+    return torch.where(stalled.view(shape), scaled, grad)
+
+
+def _warn_if_probabilities(outputs):
+    """Warn where every row of the module's ``outputs`` lies in [0, 1] and sums to 1."""
+    outputs = outputs.double()
+    if len(outputs) and bool(((outputs >= 0) & (outputs <= 1)).all()) and bool(
+            ((outputs.sum(dim=1) - 1).abs() <= 1e-3).all()):
+        warnings.warn(
+            "The module's outputs look like probabilities (every row in [0, 1] and summing "
+            "to 1), but the attack needs logits (log-probabilities are fine): on "
+            "probabilities Conf barely moves, few images flip and the features mean "
+            "nothing. End the module with nn.LogSoftmax instead of nn.Softmax, or, with "
+            "ResistanceClassifier, set net_output='proba'.",
+            UserWarning, stacklevel=4,
+        )
+
+
+#: The batch's row count is a multiple of this, up to batch_size (see ResistanceAttack's Notes).
+SLOT_QUANTUM = 16
+
+
+def _slot_count(batch_size, n_images):
+    """Rows of the batch for ``n_images`` images: a multiple of SLOT_QUANTUM, up to batch_size."""
+    return min(batch_size, -(-n_images // SLOT_QUANTUM) * SLOT_QUANTUM)
 
 
 def _attack_task(task):
@@ -628,6 +801,17 @@ class _Images:
         return self._rows(np.asarray(positions))
 
     def _rows(self, positions):
+        rows = self._read(positions)
+        _check_float(self.X.dtype if isinstance(self.X, (np.ndarray, torch.Tensor)) else rows.dtype)
+        finite = torch.isfinite(rows.flatten(1) if rows.ndim > 1 else rows[:, None]).all(dim=1)
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0, 0])
+            number = (range(len(self.X))[positions] if isinstance(positions, slice)
+                      else positions)[first]
+            raise ValueError(f"X must be finite; image {number} holds NaN or infinite values.")
+        return rows
+
+    def _read(self, positions):
         if isinstance(self.X, torch.Tensor):
             return self.X[positions if isinstance(positions, slice)
                           else torch.as_tensor(positions)]
@@ -658,6 +842,18 @@ class _Images:
         )
 
 
+def _check_float(dtype):
+    """Raise unless ``dtype`` (NumPy's or torch's) is a floating-point type."""
+    floating = (dtype.is_floating_point if isinstance(dtype, torch.dtype)
+                else np.issubdtype(dtype, np.floating))
+    if not floating:
+        raise ValueError(
+            f"X holds {dtype} values, but the attack needs floating-point pixels: step_size, "
+            "clip and |r| assume a float scale such as [0, 1]. Scale the images to floats "
+            "first, for example X.float() / 255 for 0-255 pixels."
+        )
+
+
 def _mean_and_std(preprocessing):
     """``preprocessing``'s mean and std as float64 tensors shaped to broadcast over a sample."""
     unknown = sorted(set(preprocessing) - {"mean", "std", "axis"})
@@ -685,15 +881,20 @@ def _mean_and_std(preprocessing):
 
 
 class _Slots:
-    """The fixed-shape batch: which image each slot holds, and that image's bookkeeping.
+    """The batch: which image each slot holds, and that image's bookkeeping.
 
     A slot whose image is done takes the next image; once the images run
-    out, slots stay idle (``image == -1``) but are still computed, so the
-    module always sees ``size`` rows.
+    out, slots stay idle (``image == -1``) until :meth:`shrink` drops those
+    beyond the next multiple of SLOT_QUANTUM.
     """
+
+    #: The per-slot tensors, which :meth:`shrink` cuts down.
+    PER_SLOT = ("x", "image", "step", "c0", "removed", "is_c0", "res_min", "adversarial_class",
+                "stable_since", "steps_after_flip", "res_max", "conf0", "norm_sum_after_flip")
 
     def __init__(self, images, size, device, dtype, return_trace, max_iter, memory_format):
         self.images, self.device, self.dtype, self.max_iter = images, device, dtype, max_iter
+        self.memory_format = memory_format
         self.work = torch.promote_types(dtype, torch.float32)  # bookkeeping precision
         # .to() sets the strides even where they are ambiguous (one channel).
         self.x = torch.zeros((size, *images.sample_shape), dtype=dtype, device=device).to(
@@ -708,7 +909,7 @@ class _Slots:
             ("adversarial_class", torch.long), ("c0", torch.long), ("conf0", self.work)]}
         self.traces = (torch.full((2, n, max_iter + 1), torch.nan, dtype=self.work,
                                   device=device) if return_trace else None)
-        self.c0 = None  # per-slot bookkeeping is allocated once the logits are known
+        self.c0 = self.is_c0 = None  # per-slot bookkeeping is allocated once the logits are known
         self._fill(torch.ones(size, dtype=torch.bool, device=device))
 
     def _fill(self, free):
@@ -724,7 +925,26 @@ class _Slots:
         self.next_image += count
 
     def busy(self):
-        return bool((self.image >= 0).any())
+        """The number of slots that hold an image."""
+        return int((self.image >= 0).sum())
+
+    def shrink(self):
+        """Drop the idle slots past the next multiple of SLOT_QUANTUM.
+
+        Returns the positions of the slots kept (the busy ones first, in order),
+        or None if none is dropped.
+        """
+        busy = self.image >= 0
+        size = _slot_count(len(self.image), int(busy.sum()))
+        if size == len(self.image):
+            return None
+        keep = torch.cat([busy.nonzero()[:, 0], (~busy).nonzero()[:, 0]])[:size]
+        for name in self.PER_SLOT:
+            value = getattr(self, name, None)
+            if value is not None:
+                setattr(self, name, value[keep])
+        self.x = self.x.to(memory_format=self.memory_format)
+        return keep
 
     def all_fresh(self):
         return bool((self.step == 0).all())

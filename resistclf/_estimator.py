@@ -1,11 +1,14 @@
 """ResistanceClassifier: detect a network's errors by their resistance, and correct them."""
 
+import hashlib
+import sys
 import warnings
+from collections import OrderedDict
+from dataclasses import fields
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from skorch import NeuralNet
 from sklearn.base import (
     BaseEstimator,
     ClassifierMixin,
@@ -21,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import (
     KFold,
     StratifiedKFold,
+    check_cv,
     cross_val_predict,
     train_test_split,
 )
@@ -29,31 +33,41 @@ from sklearn.preprocessing import QuantileTransformer
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, RealNotInt, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
+from skorch import NeuralNet
 from torch import nn
 
 from ._attack import (
     FEATURE_NAMES,
     AttackResult,
     ResistanceAttack,
+    _check_float,
     _Images,
     check_feature_names,
 )
-from ._cache import AttackCache
+from ._cache import AttackCache, _fingerprint, _settings
 from ._nets import (
     check_net,
     eval_mode,
     forward,
     is_trained,
     logit_module,
-    module_device,
     module_dtype,
     net_classes,
     on_device,
+    resolve_device,
 )
 
 #: Number of folds used to get out-of-fold P(error) when tuning the threshold.
 THRESHOLD_FOLDS = 5
+#: Below this share of flips among the net's correct predictions, fit warns that the attack
+#: is too weak. The reference settings flip at least 97% of them on MNIST and FashionMNIST
+#: (see ResistanceAttack's step_size); below a half, Res_min is cut off at max_iter + 1 for
+#: most correct predictions, and the features mostly say how far max_iter steps reach.
+MIN_FLIP_RATE = 0.5
+#: How many inputs' attack results a ResistanceClassifier keeps in memory (one per input and
+#: rank: predict_topk with k >= 3 attacks three ranks).
+LAST_RESULTS = 4
 
 
 def make_detector():
@@ -120,7 +134,8 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         ``"res_min"`` and ``"res_mean"`` (see :class:`AttackResult`). The
         default is the write-up's three; ``"res_mean"`` is their stable
         companion, opt-in.
-    cv : "auto", "prefit", int or float, default="auto"
+    cv : "auto", "prefit", int, float, cross-validation splitter, iterable or None, \
+            default="auto"
         Where the detector's training samples come from. They must be samples
         the net did not train on, since a net is rarely wrong, and hard to
         attack, on its own training data.
@@ -128,19 +143,31 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         - ``"prefit"``: the net is already trained and used as it is; the
           detector learns from all of ``X, y`` given to :meth:`fit`.
         - float in (0, 1): a clone of the net trains on the rest and the
-          detector learns from this fraction of ``X, y``, held out. That
-          clone is the net used afterwards.
-        - int >= 2: cross-fitting. For each of ``cv`` folds a clone trains on
-          the other folds and the fold is attacked, so every sample gives
-          out-of-fold features; then a final clone trains on all of ``X``.
-          This costs ``cv + 1`` trainings and attacks every sample once.
+          detector learns from this fraction of ``X, y``, held out at random
+          and stratified by class. That clone is the net used afterwards.
+        - int >= 2: cross-fitting over that many folds. For each fold a clone
+          trains on the other folds and the fold is attacked, so every sample
+          gives out-of-fold features; then a final clone trains on all of
+          ``X``. This costs ``cv + 1`` trainings and attacks every sample once.
+          The folds are :class:`~sklearn.model_selection.StratifiedKFold`'s,
+          as :func:`~sklearn.model_selection.check_cv` makes them, but
+          shuffled with ``random_state`` (:class:`~sklearn.model_selection.KFold`'s
+          where a class has a single sample): unshuffled folds of data sorted by
+          anything but the class (source, time) would each hold one part of it.
+        - a cross-validation splitter (``GroupKFold(5)``, ``PredefinedSplit``,
+          ...) or an iterable of ``(train, test)`` index arrays: cross-fitting
+          over its splits, as for an int. ``groups`` given to :meth:`fit` go to
+          its ``split``. Test sets may overlap or leave samples out: the
+          detector learns from every (sample, test set) pair.
+        - None: 5, as :func:`~sklearn.model_selection.check_cv` reads it.
         - ``"auto"``: ``"prefit"`` if the net is trained (a torch module, a
           FrozenEstimator, or an initialized skorch net), else ``0.2``.
 
         The default hold-out fraction attacks a fifth of the training data,
         which is the cheapest honest option: the attack costs ``max_iter``
         forward and backward passes per sample, far more than a training
-        epoch, and cross-fitting attacks every sample.
+        epoch, and cross-fitting attacks every sample. Cross-fitting is what
+        gives :meth:`fit_transform` out-of-sample features for every sample.
     threshold : "auto" or float in [0, 1], default="auto"
         A sample is corrected where P(error) >= threshold. ``"auto"`` picks the
         threshold that maximises the accuracy of the corrected predictions on
@@ -155,7 +182,8 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
     cache : AttackCache or None, default=None
         Keeps each image's attack result, so that ``fit``, ``transform``,
         ``predict``, ``predict_topk`` and the clones made by cross-validation
-        attack an image once. None attacks afresh on every call.
+        attack an image once, and across runs if it is saved. None keeps
+        only the last few inputs' results in memory (see Notes).
     random_state : int, RandomState instance or None, default=None
         Seeds the net's training (torch's RNG is seeded inside a forked RNG
         state, so the global state is left alone), the hold-out split and
@@ -182,11 +210,23 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
 
     Notes
     -----
+    **One attack per input.** Without a ``cache``, the classifier keeps the
+    attack results of the last 4 inputs (and ranks) in memory, keyed by the
+    input's content (its dtype, shape and bytes), the attacked rank, the
+    attack's settings and a fingerprint of the module (architecture,
+    parameters, buffers and plain attributes). So ``transform``,
+    ``predict_error_proba``, ``predict``, ``predict_topk`` and ``score`` on
+    the same ``X`` attack it once between them, and a net changed in place
+    is attacked afresh. :meth:`fit` starts the memory afresh; clones, copies
+    and pickles do not carry it.
+
     ``X`` may be a memory-mapped array (``np.load(path, mmap_mode="r")``) of
     float32 or float64: :meth:`transform`, the predictions and the attacks of
     :meth:`fit` read it a batch at a time, so it may be larger than memory.
     Arrays of other dtypes are converted, which loads them whole; so are the
-    samples a net trains on when :meth:`fit` trains it.
+    samples a net trains on when :meth:`fit` trains it. Integer images (more
+    than two dimensions) raise, as in the attack: its step size is made for
+    float pixels such as [0, 1], not 0-255.
 
     Examples
     --------
@@ -217,8 +257,8 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         "features": [tuple, list],
         "cv": [
             StrOptions({"auto", "prefit"}),
-            Interval(Integral, 2, None, closed="left"),
             Interval(RealNotInt, 0, 1, closed="neither"),
+            "cv_object",
         ],
         "threshold": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both")],
         "net_output": [StrOptions({"auto", "logits", "proba"})],
@@ -268,10 +308,17 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         tags.transformer_tags.preserves_dtype = ["float64"]
         return tags
 
+    def __getstate__(self):
+        # Copies and pickles start with no remembered attacks: they are a cache, not state.
+        state = dict(super().__getstate__())
+        if "_last_results" in state:
+            state["_last_results"] = _LastResults()
+        return state
+
     # ----------------------------------------------------------------- fit
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         """Train the net if needed, attack fresh samples and fit the detector.
 
         Parameters
@@ -280,21 +327,107 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
             Float inputs, as the net takes them.
         y : array-like of shape (n_samples,)
             True labels.
+        groups : array-like of shape (n_samples,) or None, default=None
+            Group labels, passed to the ``split`` method of a splitter given as
+            ``cv`` (``GroupKFold`` and the like), as in scikit-learn. Splitters
+            that do not use groups warn that they ignore them, and so does a
+            float ``cv``; ``"prefit"`` splits nothing and ignores them.
 
         Returns
         -------
         self : ResistanceClassifier
         """
+        self._fit(X, y, groups)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit_transform(self, X, y, groups=None):
+        """Fit, and return the resistance features of ``X`` from nets that did not train on it.
+
+        These are the features :meth:`fit` computed to train the detector,
+        not those of ``fit(X, y).transform(X)``, which come from the final
+        net on samples it trained on: such samples look more resistant than
+        new ones, and a model fitted on them (the next step of a
+        :class:`~sklearn.pipeline.Pipeline`) would learn from leaked
+        features. This is the cross-fitting contract of scikit-learn's
+        :class:`~sklearn.preprocessing.TargetEncoder`.
+
+        - int ``cv`` or a splitter whose test sets cover every sample: each
+          sample's features come from the attack on the net trained without
+          it (its fold's net). No sample is attacked twice.
+        - float ``cv``: only the held-out samples have out-of-sample features.
+          They are returned for those samples, the final net's features for
+          the others (the net trained on them), and a warning says how many
+          samples are in-sample. The same holds for the samples that a
+          splitter leaves out of every test set. Use an int ``cv`` for
+          out-of-sample features of every sample.
+        - ``"prefit"``: the net did not train on ``X``, so the features of
+          :meth:`transform` are already out-of-sample; they are returned,
+          computed once, and a following ``transform(X)`` reuses them.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W)
+            Float inputs, as the net takes them.
+        y : array-like of shape (n_samples,)
+            True labels.
+        groups : array-like of shape (n_samples,) or None, default=None
+            Group labels for a splitter given as ``cv``; see :meth:`fit`.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, len(features)), dtype float64
+            The attack's features named by ``features``, row for row.
+
+        Raises
+        ------
+        ValueError
+            If a splitter's test sets hold a sample more than once (such as
+            ``ShuffleSplit``'s or ``RepeatedKFold``'s): that sample then has
+            several out-of-sample values and no one to return. :meth:`fit`
+            accepts such splitters. Raised before any training.
+        """
+        X, cv, rows, results = self._fit(X, y, groups, cross_fitted=True)
+        features = np.empty((len(X), len(self.features)), dtype=np.float64)
+        features[rows] = results.feature_matrix(self.features)
+        in_sample = np.setdiff1d(np.arange(len(X)), rows)
+        if len(in_sample):
+            _warn(
+                f"fit_transform returns out-of-sample features for the "
+                f"{len(X) - len(in_sample)} samples of X that {_describe(cv)} held out, "
+                f"but not for the other {len(in_sample)}: the final net trained on them, so "
+                "their features are in-sample, and a model fitted on them learns from leaked "
+                "features. Use an int cv (cross-fitting) for out-of-sample features of every "
+                "sample."
+            )
+            features[in_sample] = self._attack(X[in_sample], remember=False).feature_matrix(
+                self.features)
+        return features
+
+    def _fit(self, X, y, groups, cross_fitted=False):
+        """Fit; return the validated X, the cv used, and the rows and results learnt from.
+
+        The results are the attacks the detector learns from, by nets that did not
+        train on their rows of X (in ``rows``, which may repeat). ``cross_fitted``
+        rejects splitters that hold a row out more than once, before any training.
+        """
+        _check_images(X)
         X, y = validate_data(self, X, y, allow_nd=True, dtype=[np.float32, np.float64])
         check_classification_targets(y)
         check_feature_names(self.features)
+        if groups is not None:
+            check_consistent_length(X, y, groups)
         inner = check_net(self.net)
         rng = check_random_state(self.random_state)
+        self._sample_shape = X.shape[1:]
+        self._last_results = _LastResults()
         cv = self.cv
-        if cv == "auto":
+        if isinstance(cv, str) and cv == "auto":
             cv = "prefit" if is_trained(self.net) else 0.2
+        elif cv is None:
+            cv = 5  # as check_cv reads it
 
-        if cv == "prefit":
+        if isinstance(cv, str) and cv == "prefit":
             if not is_trained(self.net):
                 raise NotFittedError(
                     "cv='prefit' needs a trained net, but the skorch net is not "
@@ -303,11 +436,12 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
             self.net_ = self.net
             self.classes_ = net_classes(self.net_, self._n_outputs(X[:1]))
             y_idx = self._encode(y)
-            fresh_X, fresh_y, results = X, y_idx, self._attack(X)
+            # The final net's own results on X: remembered for transform(X) and the rest.
+            rows, results = np.arange(len(X)), self._attack(X)
         else:
             if isinstance(inner, nn.Module):
                 raise ValueError(
-                    f"cv={cv!r} trains the net, but a torch.nn.Module cannot be "
+                    f"{_describe(cv)} trains the net, but a torch.nn.Module cannot be "
                     "trained here. Pass it trained with cv='prefit', or wrap it in a "
                     "skorch NeuralNetClassifier."
                 )
@@ -317,32 +451,41 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
                     "y contains only one class; a classifier needs at least 2 classes."
                 )
             y_idx = np.searchsorted(self.classes_, y)
-            fresh_X, fresh_y, results = self._fit_net(inner, X, y_idx, cv, rng)
+            rows, results = self._fit_net(inner, X, y_idx, groups, cv, rng, cross_fitted)
 
-        self._fit_detector(results, fresh_y, rng)
-        return self
+        self._fit_detector(results, y_idx[rows], rng)
+        return X, cv, rows, results
 
-    def _fit_net(self, inner, X, y_idx, cv, rng):
+    def _fit_net(self, inner, X, y_idx, groups, cv, rng, cross_fitted):
         """Train clones of the net; attack samples they did not train on."""
         stratify = y_idx if np.bincount(y_idx).min() >= 2 else None
         if isinstance(cv, Real) and not isinstance(cv, Integral):
+            if groups is not None:
+                _warn(f"The groups parameter is ignored by cv={cv!r}, a hold-out fraction "
+                      "drawn at random: pass a splitter that uses groups, such as "
+                      "GroupKFold, as cv to keep each group on one side.")
             train, held = train_test_split(
                 np.arange(len(X)), test_size=cv, stratify=stratify, random_state=rng
             )
             self.net_ = self._train(inner, X[train], y_idx[train], rng)
-            return X[held], y_idx[held], self._attack(X[held])
+            return held, self._attack(X[held], remember=False)
 
-        folds = (StratifiedKFold if stratify is not None else KFold)(
-            n_splits=cv, shuffle=True, random_state=rng
-        )
-        order, parts = [], []
-        for train, held in folds.split(X, y_idx):
+        if isinstance(cv, Integral):
+            # check_cv's folds for a classifier, shuffled with the seed (see cv's doc).
+            cv = (StratifiedKFold if stratify is not None else KFold)(
+                n_splits=cv, shuffle=True, random_state=rng
+            )
+        splits = _check_splits(cv, X, y_idx, groups, cross_fitted)
+        held_rows, parts = [], []
+        for train, held in splits:
             self.net_ = self._train(inner, X[train], y_idx[train], rng)
-            order.append(held)
-            parts.append(self._attack(X[held]))
-        results = AttackResult.concatenate(parts)[np.argsort(np.concatenate(order))]
+            held_rows.append(held)
+            parts.append(self._attack(X[held], remember=False))
+        rows = np.concatenate(held_rows)
+        order = np.argsort(rows, kind="stable")  # the detector sees X's order
+        results = AttackResult.concatenate(parts)[order]
         self.net_ = self._train(inner, X, y_idx, rng)
-        return X, y_idx, results
+        return rows[order], results
 
     def _train(self, inner, X, y_idx, rng):
         net = clone(inner).set_params(classes=list(self.classes_))
@@ -354,36 +497,33 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
 
     def _fit_detector(self, results, y_idx, rng):
         error = results.c0 != y_idx
-        features = results.feature_matrix(self.features)
-        n_minority = min(error.sum(), (~error).sum())
-        detector = make_detector() if self.detector is None else clone(self.detector)
-        if n_minority == 0:
-            warnings.warn(
+        if error.all() or not error.any():
+            _warn(
                 f"The net's predictions on the {len(error)} samples used to fit the "
                 f"detector are all {'wrong' if error.all() else 'correct'}; the "
-                "detector predicts that rate for every sample.",
-                UserWarning,
-                stacklevel=3,
+                "detector predicts that rate for every sample."
             )
-            detector = DummyClassifier(strategy="prior")
-        with warnings.catch_warnings():
-            # The default detector's quantiles: fewer samples than quantiles is expected here.
-            warnings.filterwarnings("ignore", "n_quantiles .* is greater than the total number",
-                                    UserWarning)
-            self.detector_ = detector.fit(features, error)
-            if self.threshold != "auto":
-                self.threshold_ = float(self.threshold)
-            elif n_minority < 2:
-                self.threshold_ = np.inf
-            else:
-                folds = StratifiedKFold(
-                    n_splits=min(THRESHOLD_FOLDS, n_minority), shuffle=True, random_state=rng
-                )
-                proba = cross_val_predict(
-                    clone(detector), features, error, cv=folds, method="predict_proba"
-                )[:, 1]
-                gain = (results.adversarial_class == y_idx).astype(int) - (~error).astype(int)
-                self.threshold_ = _best_threshold(proba, gain)
+        self._check_flip_rate(results.flipped[~error])
+        self.detector_, self.threshold_ = _fit_corrector(
+            results, y_idx, features=self.features, detector=self.detector,
+            threshold=self.threshold, rng=rng)
+
+    def _check_flip_rate(self, flipped):
+        """Warn if the attack changed too few of the net's correct predictions (``flipped``)."""
+        if not len(flipped) or flipped.mean() >= MIN_FLIP_RATE:
+            return
+        attack = self._attack_settings()
+        clip = (f" clip={attack.clip!r} keeps x + r in a box: check that it is the inputs' "
+                "whole range." if attack.clip is not None else "")
+        _warn(
+            f"The attack changed the class of only {flipped.mean():.0%} of the net's "
+            f"{len(flipped)} correct predictions on the samples the detector learns from, "
+            f"within max_iter={attack.max_iter} steps of step_size={attack.step_size}: the "
+            "others' resistance is cut off at max_iter, so the features barely tell them "
+            "apart. Let the attack go further, with a larger step or more steps: "
+            "attack=ResistanceAttack(step_size=..., max_iter=...)." + clip + " If the net "
+            "returns probabilities rather than logits, set net_output='proba'."
+        )
 
     # ------------------------------------------------------------- predict
 
@@ -495,18 +635,8 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         if not isinstance(k, Integral) or not 1 <= k <= n_classes:
             raise ValueError(f"k must be an integer from 1 to n_classes={n_classes}; got {k!r}.")
         X = self._validate(X)
-        ranking = torch.argsort(self._logits(X), dim=1, descending=True).numpy()
-        n_ranks = 0 if k == 1 else 1 if k == 2 else min(3, n_classes - 1)
-        columns = []
-        for rank in range(n_ranks):
-            results = self._attack(X, rank=rank)
-            columns += [results.c0, results.adversarial_class]
-        candidates = np.column_stack([*columns, ranking])
-        seen_before = np.zeros(candidates.shape, dtype=bool)
-        for j in range(1, candidates.shape[1]):
-            seen_before[:, j] = (candidates[:, :j] == candidates[:, j : j + 1]).any(axis=1)
-        first_unique = np.argsort(seen_before, axis=1, kind="stable")[:, :k]
-        return self.classes_[np.take_along_axis(candidates, first_unique, axis=1)]
+        attacks = [self._attack(X, rank=rank) for rank in range(_ranks_needed(k, n_classes))]
+        return self.classes_[_topk_indices(attacks, self._logits(X).numpy(), k)]
 
     def attack_results(self, X, rank=0):
         """The full per-sample outcome of the attack on the fitted net.
@@ -529,6 +659,22 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
     # ------------------------------------------------------------- helpers
 
     def _validate(self, X):
+        shape, fitted = getattr(X, "shape", None), self._sample_shape
+        # n_features_in_ is the channel count for images: speak of channels and shapes.
+        if shape is not None and len(shape) >= 2 and (len(shape) > 2 or len(fitted) > 1):
+            name = type(self).__name__
+            if len(shape) != len(fitted) + 1:
+                raise ValueError(
+                    f"X has samples of shape {tuple(shape[1:])}, but {name} was fitted on "
+                    f"samples of shape {tuple(fitted)}: give X the same number of dimensions."
+                )
+            if shape[1] != fitted[0]:
+                raise ValueError(
+                    f"X has images with {_channels(shape[1])} (samples of shape "
+                    f"{tuple(shape[1:])}), but {name} was fitted on images with "
+                    f"{_channels(fitted[0])} (samples of shape {tuple(fitted)})."
+                )
+        _check_images(X)
         return validate_data(
             self, X, reset=False, allow_nd=True, dtype=[np.float32, np.float64]
         )
@@ -548,11 +694,24 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
     def _module(self, net=None):
         return logit_module(self.net_ if net is None else net, self.net_output)
 
-    def _attack(self, X, rank=0):
-        attack = self._attack_settings()
+    def _attack(self, X, rank=0, remember=True):
+        """The attack's results on validated X: from the cache, else from the last inputs'.
+
+        ``remember=False`` attacks without the memory of the last inputs: fit's
+        attacks on parts of X, by nets other than the final one, would only
+        crowd it.
+        """
+        attack, module = self._attack_settings(), self._module()
         if self.cache is not None:
-            return self.cache.attack(attack, self._module(), X, rank=rank)
-        return attack(self._module(), X, rank=rank)
+            return self.cache.attack(attack, module, X, rank=rank)
+        if not remember:
+            return attack(module, X, rank=rank)
+        key = _content_key(X, rank, attack, module)
+        result = self._last_results.get(key)
+        if result is None:
+            result = attack(module, X, rank=rank)
+            self._last_results.put(key, result)
+        return result
 
     def _attack_settings(self):
         return ResistanceAttack() if self.attack is None else self.attack
@@ -563,7 +722,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         module = attack.preprocessed(self._module(net), X.shape[1:])
         # Plain forward passes need far less memory than the attack's steps.
         batch_size = 256 if attack.batch_size == "auto" else attack.batch_size
-        device = module_device(module) if attack.device is None else torch.device(attack.device)
+        device = resolve_device(attack.device, module)
         images, dtype = _Images(X), module_dtype(module)
         with on_device(module, device), eval_mode(module), torch.no_grad():
             return torch.cat([
@@ -575,9 +734,109 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         return self._logits(X, net).shape[1]
 
     def _error_proba(self, results):
-        proba = self.detector_.predict_proba(results.feature_matrix(self.features))
-        # Sums to 0 (or 1) if the detector only ever saw correct (or wrong) predictions.
-        return proba[:, self.detector_.classes_ == 1].sum(axis=1)
+        return _error_probability(self.detector_, results, self.features)
+
+
+class _LastResults:
+    """The attack results of the last ``LAST_RESULTS`` inputs, by key; copies in and out."""
+
+    def __init__(self):
+        self._results = OrderedDict()
+
+    def get(self, key):
+        if key not in self._results:
+            return None
+        self._results.move_to_end(key)
+        return _copied(self._results[key])
+
+    def put(self, key, result):
+        self._results[key] = _copied(result)
+        while len(self._results) > LAST_RESULTS:
+            self._results.popitem(last=False)
+
+
+def _copied(result):
+    """A copy of an AttackResult whose arrays the caller may change."""
+    return type(result)(**{f.name: None if getattr(result, f.name) is None
+                           else getattr(result, f.name).copy() for f in fields(result)})
+
+
+def _content_key(X, rank, attack, module):
+    """A digest of X's content, the rank, the attack's settings and the module's fingerprint."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((X.dtype.str, X.shape, rank, _settings(attack),
+                        _fingerprint(module))).encode())
+    rows = max(1, 2**24 // max(1, X[:1].nbytes))  # about 16 MB at a time: a memory map stays
+    for start in range(0, len(X), rows):
+        digest.update(np.ascontiguousarray(X[start : start + rows]).data)
+    return digest.digest()
+
+
+def _check_splits(cv, X, y_idx, groups, cross_fitted):
+    """The (train, test) index pairs of ``cv``, through check_cv, each checked."""
+    if not hasattr(cv, "split"):  # an iterable: check its items before check_cv unpacks them
+        cv = [_check_split(i, split, len(X)) for i, split in enumerate(cv)]
+    splitter = check_cv(cv, y_idx, classifier=True)
+    splits = [_check_split(i, split, len(X))
+              for i, split in enumerate(splitter.split(X, y_idx, groups))]
+    if not splits:
+        raise ValueError("cv gave no (train, test) splits.")
+    held_out = np.bincount(np.concatenate([test for _, test in splits]), minlength=len(X))
+    if cross_fitted and held_out.max() > 1:
+        raise ValueError(
+            f"cv holds sample {int(np.argmax(held_out > 1))} out {held_out.max()} times, so "
+            "fit_transform has no single out-of-sample value to return for it. Use a "
+            "splitter whose test sets do not overlap (KFold, GroupKFold, PredefinedSplit), "
+            "or fit then transform."
+        )
+    return splits
+
+
+def _check_split(i, split, n):
+    """Split ``i``, as a pair of index arrays into ``n`` samples; raise if it is not one."""
+    pair = tuple(np.asarray(part) for part in split) if isinstance(split, (tuple, list)) else ()
+    if len(pair) != 2 or any(
+            part.ndim != 1 or not part.size or part.dtype.kind not in "iu"
+            or part.min() < 0 or part.max() >= n for part in pair):
+        raise ValueError(
+            f"cv must give (train, test) pairs of non-empty arrays of indices into X's "
+            f"{n} samples; split {i} is not one."
+        )
+    if np.intersect1d(*pair).size:
+        raise ValueError(f"cv's split {i} trains on samples that it holds out.")
+    return pair
+
+
+def _check_images(X):
+    """Raise for integer images, as the attack does; 2-D integer features convert to floats.
+
+    scikit-learn converts integer features silently, and its estimator checks
+    expect that, but 0-255 pixels would meet a step size made for [0, 1].
+    """
+    if len(getattr(X, "shape", ())) > 2 and hasattr(X, "dtype"):
+        _check_float(X.dtype)
+
+
+def _channels(n):
+    return f"{n} channel" if n == 1 else f"{n} channels"
+
+
+def _describe(cv):
+    """``cv`` for a message: its value, unless it is a splitter or a list of splits."""
+    return f"cv={cv!r}" if isinstance(cv, (str, Real)) else "the cv splitter"
+
+
+def _warn(message):
+    """A UserWarning that points at the caller's code, past resistclf and scikit-learn.
+
+    ``fit`` and ``fit_transform`` reach the checks through scikit-learn's
+    wrappers, so no fixed ``stacklevel`` would do.
+    """
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] \
+            in ("resistclf", "sklearn"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def _to_tensor(X):
@@ -602,3 +861,84 @@ def _best_threshold(proba, gain):
     below = proba[best + 1] if best + 1 < len(proba) else 0.0
     return float((proba[best] + below) / 2)
 
+
+
+def _ranks_needed(k, n_classes):
+    """The ranks attacked for lists of ``k`` labels: none for 1, one for 2, else three."""
+    return 0 if k == 1 else 1 if k == 2 else min(3, n_classes - 1)
+
+
+def _topk_indices(attacks, logits, k):
+    """:meth:`ResistanceClassifier.predict_topk`'s lists from attack results, as indices.
+
+    ``attacks`` holds the results at ranks 0, 1, ... on the same samples, ``logits``
+    their logits. The list is ``c1, a1, c2, a2, c3, a3`` with repeats dropped, filled up
+    from the net's own ranking (ties to the lower class index) and cut to ``k``.
+    """
+    n_classes = logits.shape[1]
+    if not isinstance(k, Integral) or isinstance(k, bool) or not 1 <= k <= n_classes:
+        raise ValueError(f"k must be an integer from 1 to n_classes={n_classes}; got {k!r}.")
+    n_ranks = _ranks_needed(k, n_classes)
+    if len(attacks) < n_ranks:
+        raise ValueError(f"Lists of {k} labels need the attack at {n_ranks} ranks; got "
+                         f"{len(attacks)}.")
+    ranking = np.argsort(-np.asarray(logits), axis=1, kind="stable")
+    columns = [column for result in attacks[:n_ranks]
+               for column in (result.c0, result.adversarial_class)]
+    candidates = np.column_stack([*columns, ranking])
+    seen_before = np.zeros(candidates.shape, dtype=bool)
+    for j in range(1, candidates.shape[1]):
+        seen_before[:, j] = (candidates[:, :j] == candidates[:, j : j + 1]).any(axis=1)
+    first_unique = np.argsort(seen_before, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(candidates, first_unique, axis=1)
+
+
+def _fit_corrector(results, y_idx, *, features, detector, threshold, rng):
+    """The fitted detector and the threshold on P(error) that :meth:`ResistanceClassifier.fit`
+    learns from the attack results ``results`` of samples of class ``y_idx``.
+
+    ``detector`` None means :func:`make_detector`; it is cloned. Where the samples are all
+    right or all wrong, the detector predicts that rate.
+    """
+    error = results.c0 != y_idx
+    X = results.feature_matrix(features)
+    n_minority = min(error.sum(), (~error).sum())
+    detector = make_detector() if detector is None else clone(detector)
+    if n_minority == 0:
+        detector = DummyClassifier(strategy="prior")
+    with warnings.catch_warnings():
+        # The default detector's quantiles: fewer samples than quantiles is expected here.
+        warnings.filterwarnings("ignore", "n_quantiles .* is greater than the total number",
+                                UserWarning)
+        fitted = clone(detector).fit(X, error)
+        if threshold != "auto":
+            return fitted, float(threshold)
+        if n_minority < 2:
+            return fitted, np.inf
+        folds = StratifiedKFold(n_splits=min(THRESHOLD_FOLDS, n_minority), shuffle=True,
+                                random_state=rng)
+        proba = cross_val_predict(clone(detector), X, error, cv=folds,
+                                  method="predict_proba")[:, 1]
+    gain = (results.adversarial_class == y_idx).astype(int) - (~error).astype(int)
+    return fitted, _best_threshold(proba, gain)
+
+
+def _error_probability(detector, results, features):
+    """P(error) that the fitted ``detector`` gives each sample of ``results``."""
+    proba = detector.predict_proba(results.feature_matrix(features))
+    # Sums to 0 (or 1) if the detector only ever saw correct (or wrong) predictions.
+    return proba[:, detector.classes_ == 1].sum(axis=1)
+
+
+def _correct(train, y_train, held, *, features=FEATURE_NAMES, detector=None,
+             threshold="auto", random_state=None):
+    """Detect-then-correct on attack results: fit on ``train``, correct ``held``.
+
+    The detector and threshold are those :meth:`ResistanceClassifier.fit` gives with
+    the same settings on a fixed net whose attack results on its samples are ``train``
+    (``y_train`` the class indices); returns the class indices it predicts for ``held``.
+    """
+    fitted, cut = _fit_corrector(train, y_train, features=features, detector=detector,
+                                 threshold=threshold, rng=check_random_state(random_state))
+    corrected = _error_probability(fitted, held, features) >= cut
+    return np.where(corrected, held.adversarial_class, held.c0)

@@ -174,8 +174,54 @@ def eval_mode(module):
             p.requires_grad_(flag)
 
 
-def forward(module, x):
-    """``module(x)``, with a clear error when ``x`` does not fit or logits are off."""
+def check_module(module):
+    """Raise a TypeError, saying what to pass instead, unless ``module`` is a torch module."""
+    if isinstance(module, nn.Module):
+        return
+    if isinstance(module, NeuralNet):
+        hint = " Pass its torch module, net.module_."
+    elif isinstance(module, FrozenEstimator):
+        hint = " Pass the torch module of the net it wraps, frozen.estimator.module_."
+    elif hasattr(module, "net"):  # a ResistanceClassifier, fitted or not
+        hint = (" Pass the torch module of its net, for example clf.net_.module_ for a "
+                "fitted ResistanceClassifier clf whose net is a skorch net.")
+    else:
+        hint = ""
+    raise TypeError(f"module must be a torch.nn.Module that returns logits; got a "
+                    f"{type(module).__name__}.{hint}")
+
+
+def resolve_device(device, module):
+    """The device to compute on: ``device``, or the module's own for None.
+
+    Raise a ValueError for a device that does not exist here, and for the meta
+    device, which holds no data: a module moved there and back loses its weights.
+    """
+    if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+        raise ValueError("The module's weights are on the meta device, which holds no data; "
+                         "load them first (for example with module.to_empty and "
+                         "load_state_dict).")
+    if device is None:
+        return module_device(module)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a device torch knows: {exc}") from exc
+    if resolved.type == "meta":
+        raise ValueError("device='meta' holds no data: the module moved there would lose its "
+                         "weights. Choose a device that computes, such as 'cpu' or 'cuda'.")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but CUDA is not available.")
+    return resolved
+
+
+def forward(module, x, n_samples=None):
+    """``module(x)``, with a clear error when ``x`` does not fit or logits are off.
+
+    ``n_samples`` is the number of the caller's samples among the rows of ``x``
+    (all of them by default): the attack pads its batch with idle rows.
+    """
+    n_samples = len(x) if n_samples is None else n_samples
     try:
         logits = module(x)
     except RuntimeError as exc:
@@ -184,24 +230,46 @@ def forward(module, x):
         ) from exc
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(x) \
             or logits.shape[1] < 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        if not isinstance(logits, torch.Tensor):
+            got = (f"for {n_samples} samples it returned a {type(logits).__name__}; return "
+                   "the logits alone (wrap the module if it returns more)")
+        else:
+            rows = (f"{n_samples} samples" if n_samples == len(x) else
+                    f"{n_samples} samples, padded to a batch of {len(x)} rows")
+            got = f"for {rows} it returned a tensor of shape {tuple(logits.shape)}"
         raise ValueError(
-            "The net must be a classifier that returns one score per class, of shape "
-            f"(n_samples, n_classes) with n_classes >= 2; for {len(x)} samples it "
-            f"returned {shape}."
+            "The net must be a classifier that returns one score per class, a tensor of "
+            f"shape (n_samples, n_classes) with n_classes >= 2; {got}."
         )
     return logits
 
 
 @contextmanager
 def on_device(module, device):
-    """Move ``module`` to ``device`` for the duration, then back to where it was."""
-    original = module_device(module)
+    """Move ``module`` to ``device`` for the duration, then put back its own tensors.
+
+    Each parameter (with its gradient) and buffer gets back the very tensor it
+    held, rather than a copy moved back: nothing is lost even where the move
+    could not be undone, and a module spread over several devices stays so.
+    """
+    # torch moves a parameter, and its gradient, by swapping their .data in place.
+    parameters = [(owner, name, p, p.data, p.grad, None if p.grad is None else p.grad.data)
+                  for owner in module.modules()
+                  for name, p in owner._parameters.items() if p is not None]
+    buffers = [(owner, name, b) for owner in module.modules()
+               for name, b in owner._buffers.items() if b is not None]
     try:
         module.to(device)
         yield module
     finally:
-        module.to(original)
+        for owner, name, p, data, grad, grad_data in parameters:
+            owner._parameters[name] = p
+            p.data = data
+            if grad is not None:
+                grad.data = grad_data
+            p.grad = grad
+        for owner, name, b in buffers:
+            owner._buffers[name] = b
 
 
 @contextmanager

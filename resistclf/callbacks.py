@@ -10,6 +10,7 @@ from skorch.callbacks import Callback
 from ._attack import ResistanceAttack
 from ._nets import logit_module
 from .metrics import detection_metrics
+from .scores import resistance_error_scores
 
 
 class ResistanceMonitor(Callback):
@@ -147,8 +148,10 @@ class ResistanceMonitor(Callback):
             stat(np.mean, correct), stat(np.mean, wrong),
             *(stat(lambda v, q=q: np.quantile(v, q), group)
               for group in (correct, wrong) for q in self.quantiles),
-            detection_metrics(is_error, -result.res_n)["auroc"],
-            detection_metrics(is_error, -result.conf0)["auroc"],
+            detection_metrics(is_error, resistance_error_scores(result, ["res_n"])["res_n"])[
+                "auroc"],
+            # 1 - Conf at r = 0: max-softmax as an error score, from the attack's float32 Conf.
+            detection_metrics(is_error, 1 - result.conf0)["auroc"],
             stat(np.mean, to_label(result.adversarial_class[is_error]) == self._y[is_error]),
             float(result.flipped.mean()),
         ]

@@ -1,6 +1,13 @@
 """Command line: ``resistclf <command>``. Parsing only; the work is in ``reports/``."""
 
 import argparse
+import json
+
+#: MNIST-C's corruptions, as resistclf.datasets.CORRUPTIONS names them (kept here so that
+#: parsing imports nothing heavy; a test checks that the two agree).
+CORRUPTION_NAMES = ("shot_noise", "impulse_noise", "glass_blur", "motion_blur", "shear",
+                    "scale", "rotate", "brightness", "translate", "stripe", "fog", "spatter",
+                    "dotted_line", "zigzag", "canny_edges")
 
 
 def build_parser():
@@ -39,6 +46,7 @@ def build_parser():
     bench.add_argument("--out", default="results/bench",
                        help="Output folder for bench.json, bench.md and cached runs "
                             "(default: results/bench).")
+    _add_cache_argument(bench)
     bench.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu).")
     bench.add_argument("--steps", type=_positive_int, default=20,
                        help="Attack steps per throughput timing (default: 20).")
@@ -74,6 +82,29 @@ def build_parser():
                           help="Training epochs (default: 10).")
     dynamics.set_defaults(run="resistclf.reports.dynamics")
 
+    shift = commands.add_parser(
+        "shift", help="Failure detection under MNIST-C's corruptions and new-class shift, "
+                      "beside the softmax and the minimum-norm attacks FMN and DDN.")
+    _add_study_arguments(shift, "shift", 1000,
+                         "Test images drawn at random, corrupted by each corruption; as many "
+                         "images of the other data set for new-class shift (default: 1000).")
+    _add_bootstrap_argument(shift)
+    shift.add_argument("--corruptions", nargs="+", metavar="NAME",
+                       choices=list(CORRUPTION_NAMES),
+                       help="Only these of MNIST-C's corruptions (default: all 15).")
+    shift.set_defaults(run="resistclf.reports.shift")
+
+    study = commands.add_parser(
+        "study", help="The study on your own network and data: a model builder and a state "
+                      "dict; an .npz, an image folder or a torchvision dataset.",
+        description="Run the study (resistance, every error score, detection, correction and "
+                    "top-k, beside the softmax baselines) on your own network and data, and "
+                    "write the same report as reproduce.")
+    _add_study_command_arguments(study)
+    _add_cache_argument(study)
+    _add_bootstrap_argument(study)
+    study.set_defaults(run="resistclf.reports.study")
+
     compare = commands.add_parser(
         "compare", help="Compare trained networks (CNN, MLP, CNN on a quarter of the data) "
                         "on the same test images.")
@@ -91,8 +122,9 @@ def _add_study_arguments(parser, command, limit, limit_help):
                         help="Folder with the torchvision raw files (MNIST/raw, ...).")
     parser.add_argument("--download", action="store_true",
                         help="Let torchvision download missing files.")
-    parser.add_argument("--out", help=f"Output folder (default: results/{command}-DATASET). "
-                                      "Trained nets and attack results are cached there.")
+    parser.add_argument("--out", help=f"Output folder of the report (default: "
+                                      f"results/{command}-DATASET).")
+    _add_cache_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
     parser.add_argument("--limit", type=_positive_int, default=limit, help=limit_help)
     parser.add_argument("--max-iter", type=_positive_int, default=500,
@@ -108,6 +140,90 @@ def _add_study_arguments(parser, command, limit, limit_help):
     parser.add_argument("--quiet", action="store_true", help="Hide progress.")
 
 
+def _add_study_command_arguments(parser):
+    """The arguments of ``resistclf study``, but --cache and --n-resamples."""
+    net = parser.add_argument_group("the network")
+    net.add_argument("--model", required=True, metavar="MODULE:CALLABLE",
+                     help="The callable that builds the network, as package.module:function "
+                          "(for example torchvision.models:resnet18); imported from the "
+                          "installed packages or the current folder.")
+    net.add_argument("--model-arg", action="append", type=_model_arg, metavar="KEY=VALUE",
+                     help="A keyword argument of the callable, VALUE read as JSON, else as a "
+                          "string (for example num_classes=10); repeat for more.")
+    net.add_argument("--weights", metavar="PATH",
+                     help="A state dict saved with torch.save, or a checkpoint dict holding "
+                          "one under 'state_dict' or 'model'; read with "
+                          "torch.load(weights_only=True), never unpickled. Without it, the "
+                          "network keeps the weights its callable gave it.")
+    net.add_argument("--net-output", choices=["logits", "proba"], default="logits",
+                     help="What the network returns (default: logits).")
+    data = parser.add_argument_group("the data")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="PATH",
+                        help="An .npz file with float inputs X and labels y, or an image "
+                             "folder with one subfolder per class (torchvision ImageFolder), "
+                             "read from disk as the study needs it.")
+    source.add_argument("--dataset", choices=["MNIST", "FashionMNIST", "CIFAR10", "CIFAR100",
+                                              "SVHN", "ImageNet"],
+                        help="A torchvision dataset, under --root.")
+    data.add_argument("--root", help="The folder that holds --dataset.")
+    data.add_argument("--split", help="The split of --dataset (default: test; val for "
+                                      "ImageNet).")
+    data.add_argument("--download", action="store_true",
+                      help="Let torchvision download --dataset if it is missing.")
+    data.add_argument("--image-size", type=_positive_int, metavar="N",
+                      help="Resize the shorter side of each image to --resize and crop the "
+                           "centre NxN (image folders and torchvision datasets).")
+    data.add_argument("--resize", type=_positive_int, metavar="M",
+                      help="The shorter side before the crop (default: --image-size; 256 "
+                           "with --image-size 224 is ImageNet's usual evaluation).")
+    data.add_argument("--preprocessing", type=_json_object, metavar="JSON",
+                      help='The normalisation the network expects, applied inside it, as '
+                           '{"mean": [...], "std": [...], "axis": -3}; the attack moves the '
+                           'images before it.')
+    data.add_argument("--clip", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                      help="The box of valid inputs the attack keeps images in (default: "
+                           "none); 0 1 for images in [0, 1].")
+    data.add_argument("--limit", type=_positive_int,
+                      help="Study only this many samples, drawn at random with --seed.")
+    attack = parser.add_argument_group("the study")
+    attack.add_argument("--topk", type=int, choices=[1, 2, 5], default=2,
+                        help="Top-k lists to score: 1 and 2 attack the prediction (rank 0); "
+                             "5 also ranks 1 and 2, three times the cost (default: 2).")
+    attack.add_argument("--max-iter", type=_positive_int, default=500,
+                        help="Steps of the resistance attack (default: 500).")
+    attack.add_argument("--step-size", type=_positive_float, default=0.15,
+                        help="Its step size (default: 0.15).")
+    attack.add_argument("--fast", action="store_true",
+                        help="Attack in the fast mode the benchmark found equivalent to exact "
+                             "mode on MNIST (bfloat16, channels last, early exit). No "
+                             "benchmark has judged it on your network; the report says so.")
+    attack.add_argument("--competitors", nargs="+", metavar="NAME",
+                        help="The attack-based competitors, names from "
+                             "resistclf.study.COMPETITORS (default: "
+                             "resistclf.study.DEFAULT_COMPETITORS).")
+    attack.add_argument("--device", help="cpu or cuda (default: cpu).")
+    attack.add_argument("--batch-size", type=_positive_int, default=256,
+                        help="Samples per batch (default: 256).")
+    attack.add_argument("--n-jobs", type=_positive_int, default=None,
+                        help="Split the attack into jobs run by this many joblib workers.")
+    attack.add_argument("--scheduler", metavar="ADDRESS",
+                        help="Run the attack's jobs on the dask scheduler at this address "
+                             "(needs the extra resistclf[distributed]).")
+    attack.add_argument("--seed", type=int, default=0,
+                        help="Seeds --limit, the folds and the bootstrap (default: 0).")
+    parser.add_argument("--out", help="Output folder of the report (default: results/study).")
+    parser.add_argument("--quiet", action="store_true", help="Hide progress.")
+
+
+def _add_cache_argument(parser):
+    parser.add_argument("--cache", metavar="DIR",
+                        help="Folder where trained nets and every per-image result are kept, "
+                             "keyed by their content, so that a rerun, or another command on "
+                             "the same images, reuses them and an interrupted run resumes "
+                             "(default: OUT/cache). Commands may share one.")
+
+
 def _add_bootstrap_argument(parser):
     parser.add_argument("--n-resamples", type=_positive_int, default=1000,
                         help="Bootstrap resamples for the 95%% intervals (default: 1000).")
@@ -117,6 +233,34 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
+    return value
+
+
+def _model_arg(text):
+    """``KEY=VALUE``, VALUE read as JSON, else kept as a string."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"takes KEY=VALUE; got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _json_object(text):
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r} ({exc})")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object; got {text!r}")
     return value
 
 

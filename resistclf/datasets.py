@@ -1,7 +1,16 @@
-"""Image data as float32 arrays of shape (n, 1, H, W) in [0, 1], with int64 labels."""
+"""Image data as float32 arrays of shape (n, 1, H, W) in [0, 1], with int64 labels, and
+MNIST-C's corruptions of such images (:func:`corrupt`), for corruption shift."""
 
 import numpy as np
 from sklearn.datasets import load_digits
+
+from ._corruptions import FUNCTIONS, corrupt
+
+__all__ = ["CORRUPTIONS", "corrupt", "load_digits_images", "load_fashion_mnist", "load_mnist"]
+
+#: The names :func:`corrupt` takes: MNIST-C's 15 corruptions, in its order and with its
+#: names.
+CORRUPTIONS = tuple(FUNCTIONS)
 
 
 def load_digits_images():

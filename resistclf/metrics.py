@@ -69,6 +69,12 @@ def _check_detection_input(is_error, error_score):
     return is_error, error_score
 
 
+def _check_rate(name, value):
+    """Raise unless ``value`` is a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}.")
+
+
 def _tie_blocks(is_error, error_score):
     """The distinct scores, ascending, and how many samples and errors score at most each.
 
@@ -194,12 +200,14 @@ def fpr_at_tpr(is_error, error_score, tpr=0.95):
     error_score : array-like of shape (n_samples,)
         Higher means more likely an error.
     tpr : float, default=0.95
+        In [0, 1].
 
     Returns
     -------
     fpr : float
         NaN where there are no errors or no correct predictions.
     """
+    _check_rate("tpr", tpr)
     return _fpr_at_tpr(*_tie_blocks(is_error, error_score)[1:], tpr)
 
 
@@ -234,12 +242,14 @@ def tpr_at_fpr(is_positive, score, fpr=0.05):
     score : array-like of shape (n_samples,)
         Higher means more likely positive.
     fpr : float, default=0.05
+        In [0, 1].
 
     Returns
     -------
     tpr : float
         NaN where there are no positives or no negatives.
     """
+    _check_rate("fpr", fpr)
     return _tpr_at_fpr(*_tie_blocks(is_positive, score)[1:], fpr)
 
 
@@ -437,13 +447,20 @@ def topk_accuracy(y_true, ranked_labels):
     ----------
     y_true : array-like of shape (n_samples,)
     ranked_labels : array-like of shape (n_samples, k)
+        Each sample's ``k >= 1`` labels, such as :func:`softmax_topk` returns.
 
     Returns
     -------
     accuracy : float
     """
-    ranked_labels = np.asarray(ranked_labels)
-    return float((ranked_labels == np.asarray(y_true)[:, None]).any(axis=1).mean())
+    y_true, ranked_labels = np.asarray(y_true), np.asarray(ranked_labels)
+    if y_true.ndim != 1 or ranked_labels.ndim != 2 or len(y_true) != len(ranked_labels) \
+            or not ranked_labels.size:
+        raise ValueError(
+            "y_true must have shape (n_samples,) and ranked_labels shape (n_samples, k), with "
+            f"n_samples >= 1 and k >= 1; got shapes {y_true.shape} and {ranked_labels.shape}."
+        )
+    return float((ranked_labels == y_true[:, None]).any(axis=1).mean())
 
 
 def softmax_topk(proba, classes, k):
@@ -454,12 +471,21 @@ def softmax_topk(proba, classes, k):
     proba : array-like of shape (n_samples, n_classes)
     classes : array-like of shape (n_classes,)
     k : int
+        From 1 to ``n_classes``.
 
     Returns
     -------
     labels : ndarray of shape (n_samples, k)
     """
-    return np.asarray(classes)[np.argsort(-np.asarray(proba), axis=1, kind="stable")[:, :k]]
+    proba, classes = np.asarray(proba), np.asarray(classes)
+    if proba.ndim != 2 or classes.shape != proba.shape[1:]:
+        raise ValueError(
+            "proba must have shape (n_samples, n_classes) and classes shape (n_classes,); "
+            f"got shapes {proba.shape} and {classes.shape}."
+        )
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= len(classes):
+        raise ValueError(f"k must be an integer from 1 to n_classes={len(classes)}; got {k!r}.")
+    return classes[np.argsort(-proba, axis=1, kind="stable")[:, :k]]
 
 
 def bootstrap_interval(statistic, *arrays, n_resamples=1000, confidence=0.95,
@@ -481,6 +507,7 @@ def bootstrap_interval(statistic, *arrays, n_resamples=1000, confidence=0.95,
     *arrays : array-like of shape (n_samples, ...)
     n_resamples : int, default=1000
     confidence : float, default=0.95
+        Strictly between 0 and 1.
     random_state : int, default=0
 
     Returns
@@ -489,16 +516,27 @@ def bootstrap_interval(statistic, *arrays, n_resamples=1000, confidence=0.95,
         NaN if the statistic is undefined on every resample. A dict of
         str to ``(low, high)`` if ``statistic`` returns a dict.
     """
+    if not callable(statistic):
+        raise TypeError(f"statistic must be a callable; got a {type(statistic).__name__}.")
     arrays = [np.asarray(a) for a in arrays]
-    if not (isinstance(n_resamples, numbers.Integral) and n_resamples >= 1):
+    if isinstance(n_resamples, bool) or not (
+            isinstance(n_resamples, numbers.Integral) and n_resamples >= 1):
         raise ValueError(f"n_resamples must be a positive integer; got {n_resamples!r}.")
+    if isinstance(confidence, bool) or not (
+            isinstance(confidence, numbers.Real) and 0 < confidence < 1):
+        raise ValueError(f"confidence must be a number strictly between 0 and 1; got "
+                         f"{confidence!r}.")
     if not arrays:
         raise ValueError("bootstrap_interval needs at least one array to resample.")
+    if any(a.ndim == 0 for a in arrays):
+        raise ValueError("The arrays must have shape (n_samples, ...); got a scalar.")
     n = len(arrays[0])
     if any(len(a) != n for a in arrays):
         raise ValueError(
             f"The arrays must have the same length; got {[len(a) for a in arrays]}."
         )
+    if n == 0:
+        raise ValueError("The arrays are empty: there are no samples to resample.")
     rng = np.random.RandomState(random_state)
     # One row of indices at a time: the same stream as one (n_resamples, n) draw.
     values = [statistic(*(a[i] for a in arrays))

@@ -12,7 +12,14 @@ from .metrics import risk_coverage_curve
 
 
 def _image(ax, image, title):
-    ax.imshow(np.asarray(image).reshape(np.asarray(image).shape[-2:]), cmap="gray_r")
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[0] == 3:  # RGB, channels first
+        low, high = image.min(), image.max()
+        if low < 0 or high > 1:  # normalised inputs: stretched to [0, 1] to be shown
+            image = (image - low) / max(high - low, np.finfo(np.float32).tiny)
+        ax.imshow(np.moveaxis(image, 0, -1))
+    else:
+        ax.imshow(image.reshape(image.shape[-2:]), cmap="gray_r")
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])

@@ -4,14 +4,21 @@ Directions
 ----------
 Two kinds of scores live here, and they point in opposite directions:
 
-- **Scores from logits** (:func:`max_softmax`, :func:`max_logit`,
-  :func:`softmax_margin`, :func:`logit_margin`, :func:`entropy`,
+- **Scores from logits** (:func:`one_minus_max_softmax`, :func:`negative_max_logit`,
+  :func:`one_minus_softmax_margin`, :func:`negative_logit_margin`, :func:`entropy`,
   :func:`energy`, :func:`doctor_alpha`, :func:`doctor_beta`) are **error
   scores**: higher means the prediction is more likely wrong. They plug into
   :mod:`resistclf.metrics` as they are, with no sign flip.
 - **Attack-based scores** (:func:`input_margin`, :func:`deepfool`) are
   **distances** in input space, like resistance: a small distance means the
-  prediction is likely wrong. Pass their negative to :mod:`resistclf.metrics`.
+  prediction is likely wrong. Pass their negative to :mod:`resistclf.metrics`;
+  :func:`resistance_error_scores` does so for the resistance features, and
+  :meth:`resistclf.study.Measurements.error_scores` for every score of a study.
+
+Each function's name says its direction: ``one_minus_max_softmax`` is ``1 - p_max``,
+``negative_logit_margin`` is ``-(z_1 - z_2)``. The former names (``max_softmax``,
+``max_logit``, ``softmax_margin``, ``logit_margin``), which read as the confidence
+itself, are deprecated aliases until resistclf 0.3.
 
 Scores from logits are computed in float64 from the logits, never from
 probabilities rounded to 1: ``1 - max_softmax`` is computed from the other
@@ -20,17 +27,22 @@ distinct for confident predictions (down to about ``exp(-745)``, float64's
 smallest positive number).
 """
 
+import functools
+import warnings
 from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from torch import nn
 
-from ._nets import eval_mode, forward, module_device, module_dtype, on_device
+from ._attack import check_clip
+from ._minimum_norm import MinimumNormResult, minimum_norm
+from ._nets import check_module, eval_mode, forward, module_dtype, on_device, resolve_device
 
-__all__ = ["SOFTMAX_SCORES", "DeepFoolResult", "deepfool", "doctor_alpha", "doctor_beta",
-           "energy", "entropy", "input_margin", "logit_margin", "max_logit", "max_softmax",
+__all__ = ["SOFTMAX_SCORES", "DeepFoolResult", "MinimumNormResult", "deepfool", "doctor_alpha",
+           "doctor_beta", "energy", "entropy", "input_margin", "logit_margin", "max_logit",
+           "max_softmax", "minimum_norm", "negative_logit_margin", "negative_max_logit",
+           "one_minus_max_softmax", "one_minus_softmax_margin", "resistance_error_scores",
            "softmax_margin", "softmax_scores"]
 
 
@@ -74,7 +86,7 @@ def _odds(gaps):
     return odds, odds.sum(axis=1)
 
 
-def max_softmax(logits):
+def one_minus_max_softmax(logits):
     """``1 - max_j softmax(z)_j``: one minus the maximum softmax probability.
 
     Parameters
@@ -90,7 +102,7 @@ def max_softmax(logits):
     return total_odds / (1 + total_odds)
 
 
-def max_logit(logits):
+def negative_max_logit(logits):
     """``-max_j z_j``: the negated maximum logit (Hendrycks et al., 2022).
 
     Parameters
@@ -105,7 +117,7 @@ def max_logit(logits):
     return -_top_and_gaps(logits)[0]
 
 
-def softmax_margin(logits):
+def one_minus_softmax_margin(logits):
     """``1 - (p_1 - p_2)``: the gap between the two largest probabilities, reversed.
 
     This is the negated margin ``-(p_1 - p_2)`` shifted by 1, which changes no
@@ -125,7 +137,7 @@ def softmax_margin(logits):
     return (total_odds + odds.max(axis=1)) / (1 + total_odds)
 
 
-def logit_margin(logits):
+def negative_logit_margin(logits):
     """``-(z_1 - z_2)``: the negated gap between the two largest logits.
 
     Parameters
@@ -205,7 +217,7 @@ def doctor_beta(logits):
     """DOCTOR's ``D_beta = (1 - p_max) / p_max`` (Granese et al., 2021).
 
     Computed exactly as ``sum_j exp(z_j - z_max)`` over the other classes.
-    An increasing function of :func:`max_softmax`, so both rank samples alike.
+    An increasing function of :func:`one_minus_max_softmax`, so both rank samples alike.
 
     Parameters
     ----------
@@ -221,15 +233,61 @@ def doctor_beta(logits):
 
 #: Display name to score function, for every error score computed from logits.
 SOFTMAX_SCORES = {
-    "max-softmax": max_softmax,
-    "max-logit": max_logit,
-    "softmax margin": softmax_margin,
-    "logit margin": logit_margin,
+    "max-softmax": one_minus_max_softmax,
+    "max-logit": negative_max_logit,
+    "softmax margin": one_minus_softmax_margin,
+    "logit margin": negative_logit_margin,
     "entropy": entropy,
     "energy": energy,
     "DOCTOR D_alpha": doctor_alpha,
     "DOCTOR D_beta": doctor_beta,
 }
+
+
+def _deprecated(new, old):
+    """``new`` under its former name ``old``, warning that the name will go."""
+    @functools.wraps(new)
+    def alias(logits):
+        warnings.warn(f"resistclf.scores.{old} was renamed {new.__name__}, a name that says "
+                      f"what it returns (higher means more likely an error); {old} will be "
+                      "removed in resistclf 0.3.", FutureWarning, stacklevel=2)
+        return new(logits)
+
+    alias.__name__ = alias.__qualname__ = old
+    alias.__doc__ = (f"Deprecated alias of :func:`{new.__name__}`, to be removed in "
+                     f"resistclf 0.3.\n\n{new.__doc__}")
+    return alias
+
+
+max_softmax = _deprecated(one_minus_max_softmax, "max_softmax")
+max_logit = _deprecated(negative_max_logit, "max_logit")
+softmax_margin = _deprecated(one_minus_softmax_margin, "softmax_margin")
+logit_margin = _deprecated(negative_logit_margin, "logit_margin")
+
+
+def resistance_error_scores(result, features=("res_n", "res_max", "res_min", "res_mean")):
+    """The resistance features of an attack's result, as error scores.
+
+    A small resistance means a likely error, so each feature is negated: this
+    is the one place where resistance is turned into an error score.
+
+    Parameters
+    ----------
+    result : AttackResult
+        From :class:`~resistclf.ResistanceAttack`.
+    features : sequence of str, default=("res_n", "res_max", "res_min", "res_mean")
+        Names of :class:`~resistclf.AttackResult`'s features.
+
+    Returns
+    -------
+    scores : dict of str to ndarray of shape (n_samples,)
+        Feature name to ``-feature``, float64; higher means more likely an
+        error.
+    """
+    from ._attack import check_feature_names
+
+    return {name: -getattr(result, name).astype(np.float64)
+            for name in check_feature_names(features)}
 
 
 def softmax_scores(logits):
@@ -249,14 +307,6 @@ def softmax_scores(logits):
 
 
 # ------------------------------------------------------------- attack-based distances
-
-def _check_module(module):
-    if not isinstance(module, nn.Module):
-        raise TypeError(
-            f"module must be a torch.nn.Module that returns logits (for a skorch net, "
-            f"pass net.module_); got {type(module).__name__}."
-        )
-
 
 def _check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
@@ -285,10 +335,24 @@ def _check_inputs(X):
 
 
 def _batches(module, X, batch_size, device):
-    """Copies of X's batches on ``device`` in the module's dtype."""
+    """The numbers of X's batches' inputs, and copies of the batches on ``device`` in the
+    module's dtype."""
     dtype = module_dtype(module)
     for start in range(0, len(X), batch_size):
-        yield X[start : start + batch_size].to(device=device, dtype=dtype, copy=True)
+        batch = X[start : start + batch_size]
+        yield range(start, start + len(batch)), batch.to(device=device, dtype=dtype, copy=True)
+
+
+def _check_finite(values, numbers, what):
+    """Raise, naming the input, where a row of ``values`` (the net's ``what``) is not finite.
+
+    ``numbers[i]`` is the number, in X, of the input of row ``i``.
+    """
+    finite = torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+    if not bool(finite.all()):
+        number = numbers[int((~finite).nonzero()[0, 0])]
+        raise ValueError(f"The net returned NaN or infinite {what} for input {int(number)}: "
+                         "its distance to the decision boundary is undefined.")
 
 
 def _linearised_boundaries(logits, x, predicted):
@@ -353,19 +417,21 @@ def input_margin(module, X, *, norm="l2", batch_size=256, device=None):
     -----
     Cost per input: 1 forward pass and ``n_classes - 1`` backward passes.
     """
-    _check_module(module)
+    check_module(module)
     if norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf'; got {norm!r}.")
     _check_positive_int("batch_size", batch_size)
     X = _check_inputs(X)
-    device = module_device(module) if device is None else torch.device(device)
+    device = resolve_device(device, module)
     margins = []
     with on_device(module, device), eval_mode(module), torch.enable_grad():
-        for x in _batches(module, X, batch_size, device):
+        for numbers, x in _batches(module, X, batch_size, device):
             x.requires_grad_(True)
             logits = forward(module, x)
+            _check_finite(logits, numbers, "logits")
             margin = torch.full((len(x),), torch.inf, dtype=torch.float64, device=device)
             for difference, gradient in _linearised_boundaries(logits, x, logits.argmax(1)):
+                _check_finite(gradient, numbers, "input gradients")
                 dual = gradient.norm(p=2 if norm == "l2" else 1, dim=1).double()
                 margin = torch.minimum(margin, _distance(difference.double(), dual))
             margins.append(margin.cpu())
@@ -476,20 +542,19 @@ def deepfool(module, X, *, max_iter=50, overshoot=0.02, clip=None, batch_size=25
     :attr:`DeepFoolResult.forward_passes` and
     :attr:`DeepFoolResult.backward_passes`.
     """
-    _check_module(module)
+    check_module(module)
     _check_positive_int("max_iter", max_iter)
     _check_positive_int("batch_size", batch_size)
     if isinstance(overshoot, bool) or not isinstance(overshoot, Real) \
             or not 0 <= overshoot < np.inf:
         raise ValueError(f"overshoot must be a finite number >= 0; got {overshoot!r}.")
-    if clip is not None and not (len(clip) == 2 and clip[0] < clip[1]):
-        raise ValueError(f"clip must be None or a pair (low, high) with low < high; got {clip!r}.")
+    check_clip(clip)
     X = _check_inputs(X)
-    device = module_device(module) if device is None else torch.device(device)
+    device = resolve_device(device, module)
     parts = []
     with on_device(module, device), eval_mode(module), torch.enable_grad():
-        for x0 in _batches(module, X, batch_size, device):
-            parts.append(_deepfool_batch(module, x0, max_iter, overshoot, clip))
+        for numbers, x0 in _batches(module, X, batch_size, device):
+            parts.append(_deepfool_batch(module, x0, max_iter, overshoot, clip, numbers))
     n_classes = parts[0][-1]
     distance, success, adversarial_class, n_iter = (
         torch.cat([part[i] for part in parts]).cpu().numpy() for i in range(4)
@@ -499,7 +564,7 @@ def deepfool(module, X, *, max_iter=50, overshoot=0.02, clip=None, batch_size=25
                           n_classes=n_classes)
 
 
-def _deepfool_batch(module, x0, max_iter, overshoot, clip):
+def _deepfool_batch(module, x0, max_iter, overshoot, clip, numbers):
     n = len(x0)
     x = x0.clone()
     total_step = torch.zeros_like(x0)
@@ -508,14 +573,17 @@ def _deepfool_batch(module, x0, max_iter, overshoot, clip):
     adversarial_class = torch.empty(n, dtype=torch.int64, device=x0.device)
     n_iter = torch.zeros(n, dtype=torch.int64, device=x0.device)
     predicted = None
-    for _ in range(max_iter):
+    for step in range(max_iter):
         xa = x[active].requires_grad_(True)
         logits = forward(module, xa)
+        where = "logits" if step == 0 else f"logits at DeepFool step {step + 1}"
+        _check_finite(logits, [numbers[i] for i in active.tolist()], where)
         if predicted is None:
             predicted = logits.argmax(1).detach()
         best = torch.full((len(active),), torch.inf, dtype=xa.dtype, device=x0.device)
         step = torch.zeros_like(xa).flatten(1)
         for difference, gradient in _linearised_boundaries(logits, xa, predicted[active]):
+            _check_finite(gradient, [numbers[i] for i in active.tolist()], "input gradients")
             squared_norm = (gradient**2).sum(1)
             distance = _distance(difference, squared_norm.sqrt())
             closer = distance < best

@@ -79,36 +79,39 @@ def _write_idx(path, array):
 
 @pytest.fixture(scope="session")
 def fake_mnist_root(tmp_path_factory):
-    """Digits scaled up to 28x28 and written where torchvision looks for MNIST."""
+    """Digits scaled up to 28x28 and written where torchvision looks for MNIST; the same
+    digits transposed, as FashionMNIST (the other data set of new-class shift)."""
     X, y = load_digits_images()
     images = np.pad(np.kron(X[:, 0], np.ones((3, 3))), ((0, 0), (2, 2), (2, 2))) * 255
     root = tmp_path_factory.mktemp("data")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    _write_idx(raw / "train-images-idx3-ubyte", images[:1000])
-    _write_idx(raw / "train-labels-idx1-ubyte", y[:1000])
-    _write_idx(raw / "t10k-images-idx3-ubyte", images[1000:])
-    _write_idx(raw / "t10k-labels-idx1-ubyte", y[1000:])
+    for name, pictures in (("MNIST", images), ("FashionMNIST", images.transpose(0, 2, 1))):
+        raw = root / name / "raw"
+        raw.mkdir(parents=True)
+        _write_idx(raw / "train-images-idx3-ubyte", pictures[:1000])
+        _write_idx(raw / "train-labels-idx1-ubyte", y[:1000])
+        _write_idx(raw / "t10k-images-idx3-ubyte", pictures[1000:])
+        _write_idx(raw / "t10k-labels-idx1-ubyte", y[1000:])
     return root
 
 
 @pytest.fixture(scope="session")
 def fake_mnist_net(fake_mnist_root, tmp_path_factory):
-    """A folder holding the reference CNN trained on the fake MNIST (net.pt, net.json).
+    """A ResultStore folder holding the reference CNN trained on the fake MNIST.
 
-    Copy both files into a command's output folder and the command loads the net
-    instead of training it.
+    Copy its files into a command's cache folder and the command loads the net instead
+    of training it.
     """
+    from resistclf import ResultStore
     from resistclf.reports._reference import load_dataset, reference_net
 
     X, y, _, _ = load_dataset("mnist", fake_mnist_root)
     folder = tmp_path_factory.mktemp("net")
-    reference_net(X, y, cache=folder / "net.pt", verbose=False)
+    reference_net(X, y, store=ResultStore(folder), verbose=False)
     return folder
 
 
-def copy_net(folder, out):
-    """Put the cached net of ``fake_mnist_net`` into the output folder ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("net.pt", "net.json"):
-        shutil.copy(folder / name, out / name)
+def copy_net(folder, cache):
+    """Put the kept net of ``fake_mnist_net`` into the cache folder ``cache``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for path in folder.glob("net-*"):
+        shutil.copy(path, cache / path.name)

@@ -1,3 +1,6 @@
+import copy
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -5,23 +8,28 @@ from torch import nn
 
 from resistclf import AttackResult, ResistanceAttack
 
+FIELDS = ["res_n", "res_max", "res_min", "res_mean", "flipped", "adversarial_class", "c0",
+          "conf0"]
+
 
 @pytest.fixture(scope="module")
 def cnn_module(trained_cnn):
     return trained_cnn.module_
 
 
-def test_attack_batched_equals_one_image_at_a_time(cnn_module, digits):
-    # The attack's last phase is chaotic: without fixed-shape batches, the
-    # 1e-7 differences of a kernel picked for one row instead of 12 grow to
-    # about step_size in Res_N.
+def test_attack_gives_an_image_the_same_result_alone_and_among_others(cnn_module, digits):
+    # The attack's last phase is chaotic: the 1e-8 differences of a kernel picked for 1 row
+    # instead of 256 grow to about step_size in Res_N. Alone, an image runs in a batch of 16
+    # rows; among 299 others, in one of 256 rows or, in the second round, of 48.
     _, _, X, _ = digits
-    X = torch.tensor(X[:12])
-    attack = ResistanceAttack(max_iter=300, step_size=0.2, batch_size=16)
-    batched = attack(cnn_module, X)
-    alone = AttackResult.concatenate([attack(cnn_module, X[i : i + 1]) for i in range(len(X))])
-    for name in ["res_n", "res_max", "res_min", "flipped", "adversarial_class", "c0", "conf0"]:
-        np.testing.assert_allclose(getattr(batched, name), getattr(alone, name), rtol=1e-6)
+    X = torch.tensor(X[:300])
+    attack = ResistanceAttack(max_iter=150, step_size=0.2)
+    among = attack(cnn_module, X)
+    picked = [0, 131, 255, 256, 299]
+    alone = AttackResult.concatenate([attack(cnn_module, X[i : i + 1]) for i in picked])
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(alone, name), getattr(among[picked], name),
+                                      err_msg=name)
 
 
 def test_attack_result_fields_are_consistent(cnn_module, digits):
@@ -196,7 +204,6 @@ def test_attack_cuda_without_cuda_raises():
 @pytest.mark.parametrize(
     "module, X, match",
     [
-        (nn.Linear(4, 3), [[0.0] * 4] * 2, "torch.Tensor"),
         (nn.Linear(4, 3), torch.zeros(0, 4), "at least one sample"),
         (nn.Linear(4, 3), torch.zeros(4), r"shape \(n_samples, \.\.\.\); got shape \(4,\)"),
         (nn.Linear(4, 3), torch.zeros(2, 5), "cannot take input of shape"),
@@ -207,6 +214,13 @@ def test_attack_cuda_without_cuda_raises():
 def test_attack_bad_input_raises(module, X, match):
     with pytest.raises(ValueError, match=match):
         ResistanceAttack(max_iter=2)(module, X)
+
+
+def test_attack_names_the_type_of_a_list_x_without_printing_it():
+    X = [[0.123456] * 4] * 1000
+    with pytest.raises(TypeError, match="got a list.$") as error:
+        ResistanceAttack(max_iter=2)(nn.Linear(4, 3), X)
+    assert "0.123456" not in str(error.value) and len(str(error.value)) < 120
 
 
 def test_attack_rank_out_of_range_raises():
@@ -229,14 +243,16 @@ class _CountsBackward(torch.autograd.Function):
 
 
 class _Counts(nn.Module):
-    """``module``, counting the rows it computes and the backward passes through its input."""
+    """``module``, counting the rows it computes (each batch's in ``batches``) and the backward
+    passes through its input."""
 
     def __init__(self, module):
         super().__init__()
-        self.module, self.rows, self.backwards = module, 0, [0]
+        self.module, self.rows, self.backwards, self.batches = module, 0, [0], []
 
     def forward(self, x):
         self.rows += len(x)
+        self.batches.append(len(x))
         return self.module(_CountsBackward.apply(x, self.backwards))
 
 
@@ -394,3 +410,274 @@ def test_attack_memory_format_follows_channels_last(channels_last):
         module, torch.rand(3, 3, 4, 4))
     assert len(seen) == 8 and all(inputs and weight for inputs, weight in seen), seen
     assert module[0].weight.is_contiguous()
+
+
+# ------------------------------------------------------ the batch: rows paid for, not padded
+
+@pytest.mark.parametrize("n_images, batch_size, batches", [
+    (2, 256, [16]),  # two images cost 16 rows, not 256
+    (16, 256, [16]),
+    (17, 256, [32]),
+    (300, 256, [256, 48]),  # the second round: 44 images in 48 rows
+    (50, 20, [20, 20, 16]),
+    (3, 4, [4]),  # never more rows than batch_size
+])
+def test_attack_runs_the_rows_its_images_need_in_multiples_of_16(n_images, batch_size,
+                                                                  batches):
+    module = _Counts(nn.Linear(4, 3))
+    ResistanceAttack(max_iter=2, batch_size=batch_size)(module, torch.rand(n_images, 4))
+    assert module.batches == [size for size in batches for _ in range(3)]
+
+
+def test_attack_early_exit_drops_idle_slots_once_the_images_run_out():
+    module = nn.Sequential(nn.Linear(4, 3))
+    with torch.no_grad():
+        module[0].weight.mul_(20.0)
+    counted = _Counts(module)
+    X = torch.rand(40, 4, generator=torch.Generator().manual_seed(0))
+    early = ResistanceAttack(max_iter=60, batch_size=32, early_exit=3)(counted, X)
+    # 32 rows while images wait, 16 once at most 16 are left, never an odd count.
+    assert set(counted.batches) == {32, 16} and counted.batches[0] == 32
+    assert counted.batches == sorted(counted.batches, reverse=True)
+    alone = ResistanceAttack(max_iter=60, batch_size=32, early_exit=3)(module, X[-1:])
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(alone, name), getattr(early[-1:], name))
+
+
+# ------------------------------------------------- images whose float32 softmax is one-hot
+
+def one_hot_linear_net(scale=600.0):
+    """Issue 18's example: a linear net so sure of six random images that float32's softmax
+    is one-hot for each (logit margins 155 to 416 at ``scale=600``)."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        module[1].weight.mul_(scale)
+    return module, torch.rand(6, 16)
+
+
+def linear_logits(module, X):
+    """The logits of ``module = Sequential(Flatten(), Linear)`` in float64, with its weights."""
+    weight, bias = (p.detach().double() for p in module[1].parameters())
+    return X.double().flatten(1) @ weight.T + bias, weight
+
+
+def nearest_boundary(module, X):
+    """The exact L2 distance from each input to the linear net's nearest decision boundary."""
+    z, weight = linear_logits(module, X)
+    c = z.argmax(dim=1)
+    return np.array([min(float((z[i, c[i]] - z[i, j]) / (weight[c[i]] - weight[j]).norm())
+                         for j in range(z.shape[1]) if j != c[i]) for i in range(len(X))])
+
+
+def margins(module, X):
+    z = linear_logits(module, X)[0].sort(dim=1, descending=True).values
+    return (z[:, 0] - z[:, 1]).numpy()
+
+
+def test_attack_moves_images_whose_float32_softmax_is_one_hot():
+    # Before: 1 - Conf, Conf's gradient and the |r| subgradient were all 0, so r stayed 0:
+    # Res_N = Res_max = 0 and no flip, for exactly the images the net is surest of.
+    module, X = one_hot_linear_net()
+    assert margins(module, X).min() > 150
+    with torch.no_grad():
+        assert torch.all(module(X).softmax(dim=1).amax(dim=1) == 1)
+    result = ResistanceAttack(max_iter=200)(module, X)
+    assert result.flipped.all()
+    assert np.all(result.res_n > 0)
+    # No perturbation shorter than the distance to the nearest boundary changes the class.
+    assert np.all(result.res_max >= nearest_boundary(module, X))
+
+
+@pytest.mark.parametrize("settings", [
+    {"norm": "l1", "step_size": 0.1}, {"norm": "linf", "step_size": 0.02},
+    {"optimizer": "adam", "step_size": 0.05}, {"clip": (0.0, 1.0)}, {"early_exit": 5},
+    {"precision": "bfloat16"},
+], ids=str)
+def test_attack_moves_one_hot_images_with_every_setting(settings):
+    # With the clip, r's first step (2e-15) is clipped alone: x + r, in float32, rounds it away.
+    module, X = one_hot_linear_net()
+    result = ResistanceAttack(max_iter=300, **settings)(module, X)
+    assert result.flipped.all() and np.all(result.res_max > 0)
+    if settings.get("norm", "l2") == "l2":
+        assert np.all(result.res_max >= nearest_boundary(module, X))
+
+
+def test_attack_moves_one_hot_images_in_float64_and_away_from_a_runner_up():
+    # At scale 3,000 the third class is beyond float32's range even from the runner-up, so
+    # rank=1, which removes the prediction with a -inf offset, also starts one-hot.
+    module, X = one_hot_linear_net(scale=3000.0)
+    z = linear_logits(module, X)[0].sort(dim=1, descending=True).values
+    assert torch.all(z[:, 1] - z[:, 2] > 104)
+    ranked = ResistanceAttack(max_iter=300)(module, X, rank=1)
+    assert ranked.flipped.all() and np.all(ranked.res_max > 0)
+    exact = ResistanceAttack(max_iter=200)(copy.deepcopy(module).double(), X.double())
+    assert exact.flipped.all() and np.all(exact.res_max >= nearest_boundary(module, X))
+
+
+def test_attack_one_hot_image_with_no_class_left_stays_put():
+    # rank=2 of three classes leaves c0 alone in the softmax: nothing to move to, and no NaN.
+    module, X = one_hot_linear_net()
+    result = ResistanceAttack(max_iter=20)(module, X, rank=2)
+    assert not result.flipped.any()
+    np.testing.assert_array_equal(result.res_max, 0.0)
+
+
+def test_attack_one_hot_images_leave_the_others_alone():
+    # The first step's direction is changed for the one-hot rows only: the other rows of the
+    # same batch get their results bit for bit, as when attacked without them.
+    module, X = one_hot_linear_net()
+    mild = X * 0.2  # margins 31 to 83: 1 - Conf is a normal float32
+    assert margins(module, mild).max() < 87
+    both = ResistanceAttack(max_iter=100)(module, torch.cat([X, mild]))
+    alone = ResistanceAttack(max_iter=100)(module, mild)
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(both[6:], name), getattr(alone, name))
+
+
+def test_attack_res_max_tracks_the_linear_boundary_at_margins_past_1000():
+    # Every image starts one-hot but the first (margins 91 to 1,208). The first step points
+    # along grad log(1 - Conf); from then on the |r| term grows r by step_size a step along
+    # that line (Conf's own gradient is below 1e-9 of it until Conf leaves 1), so the image
+    # flips at the first step past the boundary along the line, and |r| never grows past that
+    # again: the loss then pulls r back (Conf < 0.9), up to a push of at most
+    # step_size * |w_c0 - w_j| / 4 = 0.15 * step_size here while Conf is between 0.2 and 0.9.
+    # Res_max is therefore the distance d along the line plus less than one step: the
+    # tolerance is one step_size, 1% of d at most; d is exact here, in float64.
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    X = (torch.rand(8, 16, generator=torch.Generator().manual_seed(1))
+         * torch.linspace(200, 1400, 8)[:, None])
+    assert margins(module, X).max() > 1000 and np.sum(margins(module, X) > 104) == 7
+    x = X.double().requires_grad_(True)
+    z, weight = linear_logits(module, x)
+    c = z.detach().argmax(dim=1)
+    is_c0 = nn.functional.one_hot(c, 3).bool()
+    log_rest = torch.logsumexp(z.masked_fill(is_c0, -torch.inf), dim=1) - torch.logsumexp(z, 1)
+    (direction,) = torch.autograd.grad(log_rest.sum(), x)
+    direction = direction / direction.norm(dim=1, keepdim=True)
+    z = z.detach()
+    rates = (weight[None, :, :] - weight[c][:, None, :]) @ direction[:, :, None]  # dz_j - dz_c0
+    gaps = z.gather(1, c[:, None]) - z
+    d = torch.where(rates[:, :, 0] > 0, gaps / rates[:, :, 0], torch.inf).amin(dim=1).numpy()
+    step_size = 20.0
+    result = ResistanceAttack(max_iter=int(d.max() / step_size) + 20, step_size=step_size)(
+        module, X)
+    assert result.flipped.all()
+    assert np.all(result.res_max >= d), result.res_max - d
+    assert np.all(result.res_max <= d + step_size), result.res_max - d
+
+
+# ------------------------------------------------------ values that are not finite, or wrong
+
+class _NotFinite(nn.Module):
+    """A linear net whose logits are ``value`` where an input has an entry beyond ``limit``."""
+
+    def __init__(self, value, limit):
+        super().__init__()
+        self.linear, self.value, self.limit = nn.Linear(4, 3), value, limit
+        with torch.no_grad():
+            self.linear.weight.mul_(20.0)
+
+    def forward(self, x):
+        far = (x.abs() > self.limit).any(dim=1, keepdim=True)
+        return torch.where(far, self.value, self.linear(x))
+
+
+@pytest.mark.parametrize("value", [torch.nan, torch.inf, -torch.inf])
+def test_attack_rejects_a_net_that_returns_non_finite_logits(value):
+    X = torch.rand(3, 4)
+    X[1, 2] = 5.0
+    with pytest.raises(ValueError, match="NaN or infinite logits for image 1, before any"):
+        ResistanceAttack(max_iter=5)(_NotFinite(value, limit=2.0), X)
+    # Once r has carried an image past what the net takes, the message names step_size.
+    # Thresholds (0, 0) make the loss Conf - |r| throughout: r grows 0.5 a step.
+    with pytest.raises(ValueError, match=r"for image 0 at step [2-9], with \|r\| = .*lower "
+                                         r"step_size \(now 0.5\)"):
+        ResistanceAttack(max_iter=50, step_size=0.5, thresholds=(0.0, 0.0))(
+            _NotFinite(value, limit=2.0), torch.full((3, 4), 0.5))
+
+
+@pytest.mark.parametrize("X", [torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, np.nan, 0.5, 0.5]]),
+                               np.array([[0.5] * 4, [0.5] * 4, [np.inf, 0, 0, 0]])],
+                         ids=["nan-tensor", "inf-array"])
+def test_attack_rejects_pixels_that_are_not_finite(X):
+    with pytest.raises(ValueError, match=f"image {len(X) - 1} holds NaN or infinite values"):
+        ResistanceAttack(max_iter=5)(nn.Linear(4, 3), X)
+
+
+def test_attack_huge_step_size_raises_instead_of_returning_inf():
+    with pytest.raises(ValueError, match=r"overflowed to inf .* step_size=1e\+30 is too large"):
+        ResistanceAttack(max_iter=30, step_size=1e30)(nn.Linear(4, 3), torch.rand(6, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_attack_rejects_integer_images(dtype):
+    X = (torch.rand(4, 1, 2, 2) * 255).to(dtype)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=rf"X holds {dtype} values.*X.float\(\) / 255"):
+        ResistanceAttack(max_iter=5)(module, X)
+    with pytest.raises(ValueError, match="X holds uint8 values"):
+        ResistanceAttack(max_iter=5)(module, X.numpy().astype(np.uint8))
+
+
+def test_attack_warns_when_the_module_returns_probabilities():
+    module = nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1))
+    with pytest.warns(UserWarning, match="look like probabilities.*net_output='proba'"):
+        ResistanceAttack(max_iter=5)(module, torch.rand(6, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # log-probabilities are logits
+        ResistanceAttack(max_iter=5)(nn.Sequential(module[0], nn.LogSoftmax(dim=1)),
+                                     torch.rand(6, 4))
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_attack_low_precision_module_is_attacked_like_autocast(half):
+    # x + r and the bookkeeping stay in float32, the module computes in its own dtype: the
+    # same numbers as precision= gives the float32 module, whose weights autocast rounds alike.
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    X = torch.rand(20, 16)
+    expected = ResistanceAttack(max_iter=60, precision=str(half)[6:])(module, X)
+    result = ResistanceAttack(max_iter=60)(copy.deepcopy(module).to(half), X)
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(result, name), getattr(expected, name))
+    assert result.flipped.any()
+
+
+def test_attack_refuses_the_meta_device_and_keeps_the_weights():
+    module = nn.Linear(4, 3)
+    weight = module.weight.detach().clone()
+    with pytest.raises(ValueError, match="device='meta' holds no data"):
+        ResistanceAttack(max_iter=2, device="meta")(module, torch.rand(2, 4))
+    assert module.weight.device.type == "cpu" and torch.equal(module.weight, weight)
+
+
+def test_on_device_gives_the_module_back_its_own_tensors_even_from_meta():
+    from resistclf._nets import on_device
+
+    module = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    module[0].weight.grad = torch.ones(3, 4)
+    memory = [t.data_ptr() for t in [*module.parameters(), *module.buffers()]]
+    with on_device(module, "meta"):
+        assert module[0].weight.is_meta and module[1].running_mean.is_meta
+    assert [t.data_ptr() for t in [*module.parameters(), *module.buffers()]] == memory
+    assert torch.equal(module[0].weight.grad, torch.ones(3, 4))
+
+
+class _ReturnsTuple(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x), x
+
+
+def test_attack_error_counts_the_callers_samples_not_the_padded_rows():
+    with pytest.raises(ValueError, match="for 6 samples it returned a tuple; return the logits"):
+        ResistanceAttack(max_iter=2)(_ReturnsTuple(), torch.rand(6, 4))
+    with pytest.raises(ValueError, match=r"for 6 samples, padded to a batch of 16 rows it "
+                                         r"returned a tensor of shape \(16, 3, 1\)"):
+        ResistanceAttack(max_iter=2)(nn.Sequential(nn.Linear(4, 3), nn.Unflatten(1, (3, 1))),
+                                     torch.rand(6, 4))

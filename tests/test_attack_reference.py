@@ -30,6 +30,7 @@ from torch import nn
 from resistclf import ResistanceAttack
 
 from .reference_attack import Stepper, reference_attack, summarise, trajectories
+from .test_attack import one_hot_linear_net
 
 STRICT = dict(rtol=1e-6, atol=1e-6)  # float64, 20 steps (see the module docstring)
 PER_STEP = 1e-4  # float32, one step (see the module docstring)
@@ -341,3 +342,31 @@ def test_attack_results_are_read_off_the_trace_exactly_in_float64(mlp):
     for i in np.flatnonzero(result.flipped):
         np.testing.assert_allclose(result.res_mean[i],
                                    result.norm_trace[i, result.res_min[i]:].mean(), rtol=1e-13)
+
+
+@pytest.mark.parametrize("settings, rank, scale", [
+    (dict(step_size=0.15), 0, 600.0),
+    (dict(step_size=0.1, norm="l1"), 0, 600.0),
+    (dict(step_size=0.05, optimizer="adam"), 0, 600.0),
+    (dict(step_size=0.15), 1, 3000.0),
+], ids=["l2", "l1", "adam", "rank-1"])
+def test_attack_one_hot_images_follow_the_float64_reference_to_their_flip(settings, rank, scale):
+    # Logit margins of 150 to 350: float32's softmax is one-hot, float64's is not (1 - Conf
+    # down to 1e-152, and the squares in |r| stay above 1e-308), so the reference takes the
+    # exact first step, of about 1e-150, where the attack takes one of 2e-15 in the same
+    # direction; both are lost in |r| from the second step on. Up to its flip, each image must
+    # follow the reference to float32's tolerance (FLOAT32): a few steps, nothing chaotic yet.
+    module, X = one_hot_linear_net(scale)
+    z = module(X).detach().double().sort(dim=1, descending=True).values
+    gap = z[:, rank] - z[:, rank + 1]
+    X = X[(gap > 104) & (gap < 350)]
+    assert len(X) >= 4
+    result = ResistanceAttack(max_iter=40, **settings)(module, X, rank=rank, return_trace=True)
+    expected = reference_attack(module, X, max_iter=40, **settings, rank=rank)
+    assert all(t.flipped for t in expected) and result.flipped.all()
+    for i, t in enumerate(expected):
+        assert result.res_min[i] == t.res_min
+        np.testing.assert_allclose(result.norm_trace[i, :t.res_min + 1], t.norms[:t.res_min + 1],
+                                   **FLOAT32)
+        np.testing.assert_allclose(result.conf_trace[i, :t.res_min], t.confs[:t.res_min],
+                                   **FLOAT32)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from resistclf import ResultStore
 from resistclf.cli import main
 from resistclf.models import SimpleCNN
 from resistclf.reports import bench
@@ -26,7 +27,7 @@ def test_bench_writes_every_table_judges_every_mode_and_skips_missing_peers(
         raise ImportError("no such package")
 
     monkeypatch.setitem(bench.PEERS, "Foolbox 3 L2PGD", (not_installed, "foolbox"))
-    copy_net(fake_mnist_net, tmp_path / "mnist")
+    copy_net(fake_mnist_net, tmp_path / "cache")
     main(["bench", "--steps", "2", "--batch-sizes", "16", "32", "--out", str(tmp_path),
           "--root", str(fake_mnist_root), "--datasets", "mnist", "--max-iter", "3",
           "--n-resamples", "20", "--quiet"])
@@ -62,8 +63,9 @@ def test_bench_writes_every_table_judges_every_mode_and_skips_missing_peers(
     assert f"mnist: **{chosen}**" in report
     assert (tmp_path / "bench.md").read_text().strip() == report.strip()
     # Attacking again finds everything cached: the timings stay as first measured.
-    _, _, info = bench.attack_every_mode("mnist", fake_mnist_root, tmp_path / "mnist",
-                                         max_iter=3, verbose=False)
+    _, _, info = bench.attack_every_mode("mnist", fake_mnist_root,
+                                         ResultStore(tmp_path / "cache"), max_iter=3,
+                                         verbose=False)
     assert info["timings"] == judged["timings"]
 
 

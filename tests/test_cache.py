@@ -135,7 +135,7 @@ def _other_npz(path):
 
 def _misaligned(path):
     cache = AttackCache()
-    cache._store = {"a": tuple(np.float64(1.0) for _ in FIELDS)}
+    cache._table.add(["a"], {name: np.ones(1) for name in FIELDS})
     cache.save(path)
     with np.load(path) as data:
         arrays = dict(data)
@@ -147,7 +147,7 @@ def _misaligned(path):
 @pytest.mark.parametrize("write, match", [
     (_pickled, "is not an attack cache written by AttackCache.save"),
     (lambda path: path.write_bytes(b"PK\x03\x04 broken"), "is not an attack cache"),
-    (_other_npz, "it does not say it is in the format 'resistclf.AttackCache/1'"),
+    (_other_npz, "it does not say it is in the format 'resistclf.AttackCache/2'"),
     (_misaligned, "its arrays do not line up"),
 ], ids=["pickle", "corrupt", "other-format", "misaligned"])
 def test_cache_load_rejects_other_files(tmp_path, write, match):
@@ -214,8 +214,10 @@ def test_cache_ignores_settings_that_do_not_change_results(trained_cnn, digits):
 def test_cache_key_format_is_stable(trained_cnn, digits):
     # Caches written by long experiments must keep matching: the key is blake2b (16 bytes)
     # of repr((fingerprint, settings, rank)) followed by the float32 image bytes, where the
-    # fingerprint is joblib's hash of the module's repr and weights, and the settings are the
-    # attack's parameters but verbose and n_jobs, sorted, with their values' repr.
+    # fingerprint is joblib's hash of the module's repr, its parameters and buffers (dtype,
+    # shape and bytes) and the public attributes of each submodule but `training`, and the
+    # settings are the attack's parameters but verbose and n_jobs, sorted, with their
+    # values' repr.
     import hashlib
 
     import joblib
@@ -224,14 +226,81 @@ def test_cache_key_format_is_stable(trained_cnn, digits):
     module, cache = trained_cnn.module_, AttackCache()
     attack = ResistanceAttack(max_iter=40, batch_size=32, n_jobs=None)
     cache.attack(attack, module, X[:2], rank=1)
-    state = {name: t.detach().cpu().numpy() for name, t in module.state_dict().items()}
-    fingerprint = joblib.hash((repr(module), state))
+
+    def content(t):
+        return str(t.dtype), tuple(t.shape), t.detach().contiguous().reshape(-1).view(
+            torch.uint8).numpy()
+
+    tensors = {name: content(t) for name, t in [*module.named_parameters(),
+                                                *module.named_buffers()]}
+    attributes = {name: {k: joblib.hash(v) for k, v in vars(sub).items()
+                         if not k.startswith("_") and k != "training"}
+                  for name, sub in module.named_modules()}
+    fingerprint = joblib.hash((repr(module), tensors, attributes))
     settings = tuple(sorted((k, repr(v)) for k, v in attack.get_params().items()
                             if k not in ("verbose", "n_jobs")))
     prefix = repr((fingerprint, settings, 1)).encode()
     keys = [hashlib.blake2b(prefix + row.astype(np.float32).tobytes(),
                             digest_size=16).hexdigest() for row in X[:2]]
-    assert sorted(cache._store) == sorted(keys)
+    assert sorted(cache._table.index) == sorted(keys)
+
+
+def test_cache_sees_buffers_and_attributes_changed_in_place():
+    # A temperature in a non-persistent buffer, or in a plain attribute, changes the logits
+    # as a weight does: results cached before the change must not be returned after it.
+    class Tempered(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+            self.register_buffer("temperature", torch.tensor(1.0), persistent=False)
+            self.scale = 1.0
+
+        def forward(self, x):
+            return self.linear(x) * self.scale / self.temperature
+
+    torch.manual_seed(0)
+    module, cache = Tempered(), AttackCache()
+    X = np.random.RandomState(0).rand(5, 4).astype(np.float32)
+    before = cache.attack(ATTACK, module, X)
+    for change in (lambda: module.temperature.fill_(0.05), lambda: setattr(module, "scale",
+                                                                          3.0)):
+        change()
+        after = cache.attack(ATTACK, module, X)
+        fresh = ATTACK(module, torch.from_numpy(X))
+        np.testing.assert_array_equal(after.res_n, fresh.res_n)
+        assert not np.array_equal(after.res_n, before.res_n)
+        before = after
+    assert len(cache) == 15
+
+
+def test_cache_with_a_path_saves_after_every_batch_and_resumes(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    X = np.random.RandomState(3).rand(10, 4).astype(np.float32)
+    attack = ResistanceAttack(max_iter=20, batch_size=4)
+    path = tmp_path / "cache.npz"
+    calls, interrupt_at = [], [2]
+    original = ResistanceAttack.__call__
+
+    def interrupted(self, module, X, **kwargs):
+        calls.append(len(X))
+        if len(calls) == interrupt_at[0]:
+            raise KeyboardInterrupt
+        return original(self, module, X, **kwargs)
+
+    monkeypatch.setattr(ResistanceAttack, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        AttackCache(path).attack(attack, module, X)
+    assert calls == [4, 4] and len(AttackCache.load(path)) == 4, "the first batch was kept"
+    calls.clear()
+    interrupt_at[0] = None
+    resumed = AttackCache(path).attack(attack, module, X)
+    assert calls == [4, 2], "only the images not kept yet are attacked"
+    monkeypatch.setattr(ResistanceAttack, "__call__", original)
+    fresh = attack(module, torch.from_numpy(X))
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh, name),
+                                      err_msg=name)
 
 
 def test_cache_empty_save_and_load(tmp_path):

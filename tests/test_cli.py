@@ -30,7 +30,8 @@ def test_cli_rejects_bad_arguments(argv, capsys):
     assert "error" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["reproduce", "adversarial", "dynamics", "compare"])
+@pytest.mark.parametrize("command", ["reproduce", "adversarial", "dynamics", "compare",
+                                     "shift"])
 def test_cli_study_commands_pass_the_attack_options(command, monkeypatch):
     module = import_module(f"resistclf.reports.{command}")
     seen = {}
@@ -44,6 +45,15 @@ def test_cli_study_commands_pass_the_attack_options(command, monkeypatch):
     seen.clear()
     main([command, "--dataset", "mnist", "--root", "data", "--quiet"])
     assert (seen["fast"], seen["n_jobs"], seen["scheduler"]) == (False, None, None)
+    main([command, "--dataset", "mnist", "--root", "data", "--cache", "shared", "--quiet"])
+    assert seen["cache"] == "shared"
+
+
+def test_cli_knows_every_corruption():
+    from resistclf.cli import CORRUPTION_NAMES
+    from resistclf.datasets import CORRUPTIONS
+
+    assert CORRUPTION_NAMES == CORRUPTIONS
 
 
 def test_cli_fast_mode_is_the_one_the_committed_benchmark_found():

@@ -236,9 +236,18 @@ class _Scalar(nn.Module):
         (lambda X: X[:, 0, 0, 0], "2D array"),
         (lambda X: X[:0], "0 sample"),
         (lambda X: X[:, :, :4, :4], "cannot take input of shape"),
-        (lambda X: np.concatenate([X, X], axis=1), "expecting 1 features"),
+        (lambda X: np.concatenate([X, X], axis=1),
+         (r"X has images with 2 channels \(samples of shape \(2, 8, 8\)\), but "
+          r"ResistanceClassifier was fitted on images with 1 channel \(samples of shape "
+          r"\(1, 8, 8\)\)")),
+        (lambda X: X.reshape(len(X), -1),
+         (r"X has samples of shape \(64,\), but ResistanceClassifier was fitted on samples "
+          r"of shape \(1, 8, 8\): give X the same number of dimensions")),
+        (lambda X: (X * 255).astype(np.uint8),
+         "X holds uint8 values, but the attack needs floating-point pixels"),
     ],
-    ids=["nan", "inf", "1d", "empty", "wrong-image-size", "wrong-channels"],
+    ids=["nan", "inf", "1d", "empty", "wrong-image-size", "wrong-channels", "flattened",
+         "uint8-images"],
 )
 def test_classifier_bad_X_raises(fitted, digits, make_X, match):
     _, _, X, _ = digits

@@ -7,15 +7,17 @@ neighbouring class on the side of the nearer cut), follow from the sample's posi
 samples, so the nets cross-fitting trains are known too.
 """
 
+import copy
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold
+from sklearn.model_selection import GroupKFold, KFold, PredefinedSplit, ShuffleSplit
 from sklearn.pipeline import Pipeline
 from skorch import NeuralNetClassifier
 from torch import nn
@@ -349,11 +351,15 @@ def test_classifier_net_output_proba_attacks_log_probabilities():
     np.testing.assert_allclose(proba.transform(X), logits.transform(X), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(proba.predict_proba(X), logits.predict_proba(X), rtol=1e-5,
                                atol=1e-7)
-    # Taken as logits, the probabilities are a different, much flatter net.
-    as_logits = ResistanceClassifier(_Softmaxed(_Line()), attack=ATTACK).fit(X, y)
+    # Taken as logits, the probabilities are a different, much flatter net, which the attack
+    # rarely moves: fit says so, and names net_output.
+    with pytest.warns(UserWarning, match=r"changed the class of only \d+%.* set "
+                                         r"net_output='proba'"):
+        as_logits = ResistanceClassifier(_Softmaxed(_Line()), attack=ATTACK).fit(X, y)
     assert not np.array_equal(attack_outcome(as_logits, X)[1], attack_outcome(logits, X)[1])
 
 
+@pytest.mark.filterwarnings("ignore:The attack changed the class of only")
 @pytest.mark.parametrize("criterion", [nn.NLLLoss, nn.MSELoss])
 def test_classifier_net_output_logits_overrides_the_criterion(criterion):
     # The module returns logits whatever the criterion says.
@@ -374,6 +380,7 @@ def test_classifier_net_output_logits_overrides_the_criterion(criterion):
         assert not np.allclose(automatic.predict_proba(X), reference.predict_proba(X))
 
 
+@pytest.mark.filterwarnings("ignore:The attack changed the class of only")
 def test_classifier_fit_leaves_global_random_states_alone(digits):
     X, y, _, _ = digits
     torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
@@ -605,3 +612,347 @@ def test_classifier_fit_on_few_samples_hides_the_quantile_warning():
         ResistanceClassifier(FrozenEstimator(line_net(cuts=(-1.0, 1.0))),
                              attack=ATTACK).fit(X, LABELS[y])
     assert not [w for w in caught if "n_quantiles" in str(w.message)]
+
+
+# ------------------------------------------------------------------ fit_transform and cv
+
+
+def clustered(seed=1):
+    """Twenty samples around each class's centre, on the line: X, positions and labels."""
+    rng = np.random.RandomState(seed)
+    X = on_line(np.concatenate([rng.normal(centre, 0.8, 20) for centre in (-2, 0, 2)]))
+    return X, X[:, 0].astype(float), np.repeat([0, 1, 2], 20)
+
+
+def out_of_fold_by_hand(X, s, y, trainings):
+    """Each sample's features from the net of the training set that left it out, or NaN."""
+    expected = np.full((len(s), 3), np.nan)
+    for trained in trainings:
+        held = ~trained
+        expected[held] = ATTACK(_Line(cuts_for(s[trained], y[trained])),
+                                torch.tensor(X[held])).features
+    return expected
+
+
+GROUPS = np.arange(60) % 6  # six groups, each spread over the three classes
+TEST_FOLD = np.arange(60) % 4  # four predefined folds
+
+
+@pytest.mark.parametrize("cv, groups, n_folds", [
+    (5, None, 5),
+    (GroupKFold(3), GROUPS, 3),
+    (PredefinedSplit(TEST_FOLD), None, 4),
+    ([(np.flatnonzero(TEST_FOLD != k), np.flatnonzero(TEST_FOLD == k)) for k in range(4)], None,
+     4),
+], ids=["int", "GroupKFold", "PredefinedSplit", "list-of-splits"])
+def test_classifier_fit_transform_returns_the_out_of_fold_features(cv, groups, n_folds):
+    X, s, y = clustered()
+    clf = ResistanceClassifier(line_net(), attack=ATTACK, detector=_Logged(), cv=cv,
+                               random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every sample is held out once: nothing to warn about
+        features = clf.fit_transform(X, LABELS[y], groups=groups)
+    *trainings, final = [np.isin(s, trained) for trained in TRAINED]
+    assert final.all() and len(trainings) == n_folds
+    np.testing.assert_array_equal(sum(~t for t in trainings), np.ones(len(s)))
+    if groups is not None:  # no group on both sides of a split
+        for trained in trainings:
+            assert not set(groups[trained]) & set(groups[~trained])
+    if n_folds == 4:
+        for k, trained in enumerate(trainings):
+            np.testing.assert_array_equal(trained, TEST_FOLD != k)
+    # The out-of-fold features, worked out by hand, which the detector learnt from, in the
+    # order of X.
+    np.testing.assert_allclose(features, out_of_fold_by_hand(X, s, y, trainings), rtol=1e-6)
+    np.testing.assert_array_equal(features, LOG[0][2])
+    # fit then transform gives the final net's features on samples it trained on: others.
+    in_sample = clone(clf).fit(X, LABELS[y], groups=groups).transform(X)
+    np.testing.assert_allclose(
+        in_sample, ATTACK(_Line(cuts_for(s, y)), torch.tensor(X)).features, rtol=1e-6)
+    assert not np.allclose(features, in_sample)
+
+
+def test_classifier_fit_transform_with_a_hold_out_fraction_warns_for_the_in_sample_rows():
+    X, s, y = clustered()
+    clf = ResistanceClassifier(line_net(), attack=ATTACK, cv=0.3, random_state=0)
+    with pytest.warns(UserWarning, match=r"out-of-sample features for the 18 samples of X that "
+                      r"cv=0.3 held out, but not for the other 42: the final net trained on "
+                      r"them.*Use an int cv") as caught:
+        features = clf.fit_transform(X, LABELS[y])
+    assert caught[0].filename == __file__  # the caller's line, past scikit-learn's wrappers
+    (final,) = [np.isin(s, trained) for trained in TRAINED]
+    assert final.sum() == 42
+    # Every row's features are the final net's, which did not train on the 18 held out.
+    expected = ATTACK(_Line(cuts_for(s[final], y[final])), torch.tensor(X)).features
+    np.testing.assert_allclose(features, expected, rtol=1e-6)
+    np.testing.assert_allclose(features, clf.transform(X), rtol=1e-6)
+
+
+def test_classifier_fit_transform_warns_for_samples_no_test_set_holds():
+    # PredefinedSplit's -1: never held out, so only the final net has features for them.
+    X, s, y = clustered()
+    test_fold = np.where(np.arange(60) < 6, -1, np.arange(60) % 3)
+    clf = ResistanceClassifier(line_net(), attack=ATTACK, cv=PredefinedSplit(test_fold),
+                               random_state=0)
+    with pytest.warns(UserWarning, match="for the 54 samples of X that the cv splitter held "
+                                         "out, but not for the other 6"):
+        features = clf.fit_transform(X, LABELS[y])
+    *folds, final = [np.isin(s, trained) for trained in TRAINED]
+    assert len(folds) == 3 and final.all()
+    np.testing.assert_allclose(features[6:], out_of_fold_by_hand(X, s, y, folds)[6:],
+                               rtol=1e-6)
+    np.testing.assert_allclose(features[:6], clf.transform(X[:6]), rtol=1e-6)
+
+
+@pytest.fixture
+def attacked(monkeypatch):
+    """The number of samples of each call of a ResistanceAttack, in order."""
+    sizes, attack = [], ResistanceAttack.__call__
+
+    def counted(self, module, X, **kwargs):
+        sizes.append(len(X))
+        return attack(self, module, X, **kwargs)
+
+    monkeypatch.setattr(ResistanceAttack, "__call__", counted)
+    return sizes
+
+
+def test_classifier_fit_transform_prefit_attacks_once(attacked):
+    X, y = line_data()
+    clf = ResistanceClassifier(_Line(), attack=ATTACK)
+    features = clf.fit_transform(X, y)
+    assert attacked == [len(X)]
+    np.testing.assert_array_equal(features, ATTACK(_Line(), torch.tensor(X)).features)
+    np.testing.assert_array_equal(clf.transform(X), features)  # remembered
+    assert attacked == [len(X)] * 2  # the by-hand attack only
+
+
+def test_classifier_fit_transform_cross_fitting_attacks_each_sample_once(attacked):
+    X, _, y = clustered()
+    ResistanceClassifier(line_net(), attack=ATTACK, cv=4, random_state=0).fit_transform(
+        X, LABELS[y])
+    assert len(attacked) == 4 and sum(attacked) == len(X)
+
+
+def test_classifier_fit_accepts_overlapping_test_sets_but_fit_transform_does_not():
+    X, _, y = clustered()
+    cv = ShuffleSplit(n_splits=3, test_size=0.5, random_state=0)
+    clf = ResistanceClassifier(line_net(), attack=ATTACK, detector=_Logged(), cv=cv,
+                               random_state=0)
+    clf.fit(X, LABELS[y])
+    assert len(TRAINED) == 4
+    assert len(LOG[0][2]) == 90  # the detector learns from every (sample, test set) pair
+    TRAINED.clear()
+    with pytest.raises(ValueError, match=r"cv holds sample \d+ out [23] times, so "
+                                         "fit_transform has no single out-of-sample value"):
+        clf.fit_transform(X, LABELS[y])
+    assert not TRAINED, "raised before any training"
+
+
+@pytest.mark.parametrize("cv, groups, match", [
+    (3, GROUPS, "The groups parameter is ignored by StratifiedKFold"),
+    (0.3, GROUPS, (r"The groups parameter is ignored by cv=0.3, a hold-out fraction .* "
+                   "GroupKFold")),
+], ids=["int", "float"])
+def test_classifier_warns_that_groups_are_ignored(cv, groups, match):
+    X, _, y = clustered()
+    with pytest.warns(UserWarning, match=match):
+        ResistanceClassifier(line_net(), attack=ATTACK, cv=cv, random_state=0).fit(
+            X, LABELS[y], groups=groups)
+
+
+@pytest.mark.parametrize("cv, groups, match", [
+    ([0.2], None, (r"cv must give \(train, test\) pairs of non-empty arrays of indices into "
+                   r"X's 60 samples; split 0 is not one")),
+    ([(np.arange(30), np.arange(30, 61))], None, "split 0 is not one"),
+    ([(np.arange(30), np.array([], dtype=int))], None, "split 0 is not one"),
+    ([(np.arange(30), np.arange(30, 60)), (np.arange(40), np.arange(30, 60))], None,
+     "cv's split 1 trains on samples that it holds out"),
+    ([], None, r"cv gave no \(train, test\) splits"),
+    (GroupKFold(3), None, "The 'groups' parameter should not be None"),
+    (GroupKFold(3), GROUPS[:-1], "inconsistent numbers of samples"),
+], ids=["not-pairs", "out-of-range", "empty-test", "overlap", "no-splits", "no-groups",
+        "groups-length"])
+def test_classifier_bad_splits_raise(cv, groups, match):
+    X, _, y = clustered()
+    with pytest.raises(ValueError, match=match):
+        ResistanceClassifier(line_net(), attack=ATTACK, cv=cv).fit(X, LABELS[y], groups=groups)
+
+
+@pytest.mark.parametrize("cv", ["always", 1, True, 1.0, 0.0, lambda: 3],
+                         ids=["string", "one", "bool", "float-one", "float-zero", "callable"])
+def test_classifier_bad_cv_values_raise(cv):
+    X, _, y = clustered()
+    with pytest.raises(ValueError, match=r"The 'cv' parameter of ResistanceClassifier must be "
+                                         r"a str among .*, a float in the range \(0.0, 1.0\) or an "
+                                         r"int in the range \[2, inf\), an object implementing "
+                                         r"'split' and 'get_n_splits', an iterable or None"):
+        ResistanceClassifier(line_net(), attack=ATTACK, cv=cv).fit(X, LABELS[y])
+
+
+def test_classifier_cv_none_is_five_folds():
+    X, _, y = clustered()
+    ResistanceClassifier(line_net(), attack=ATTACK, cv=None, random_state=0).fit(X, LABELS[y])
+    assert len(TRAINED) == 6
+
+
+# ------------------------------------------------------------ one attack per input
+
+
+class _Tempered(nn.Module):
+    """_Line's logits divided by a temperature kept in a non-persistent buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.line = _Line()
+        self.register_buffer("temperature", torch.tensor(1.0), persistent=False)
+
+    def forward(self, x):
+        return self.line(x) / self.temperature
+
+
+def test_classifier_transform_and_predictions_share_one_attack(attacked):
+    # The README's Quick start: four calls on the same X, one attack.
+    X, y = line_data()
+    X_test = on_line(np.linspace(-2.9, 2.9, 30))
+    clf = ResistanceClassifier(_Line(), attack=ATTACK, threshold=0.5).fit(X, y)
+    attacked.clear()
+    features = clf.transform(X_test)
+    clf.predict_error_proba(X_test)
+    clf.predict(X_test)
+    clf.predict_topk(X_test, k=2)
+    clf.score(X_test, predicted(X_test[:, 0]))
+    clf.attack_results(X_test.copy())  # the same content in another array
+    assert attacked == [len(X_test)]
+    np.testing.assert_array_equal(features, ATTACK(_Line(), torch.tensor(X_test)).features)
+
+
+@pytest.mark.parametrize("change", [
+    lambda clf: clf.net_.line.cuts.data.add_(0.3),
+    lambda clf: clf.net_.temperature.fill_(3.0),
+    lambda clf: clf.set_params(attack=ResistanceAttack(max_iter=30, step_size=0.25,
+                                                       batch_size=64)),
+    lambda clf: clf.set_params(net_output="proba"),
+], ids=["weights", "non-persistent-buffer", "attack", "net-output"])
+def test_classifier_attacks_again_once_the_net_or_the_attack_changes(attacked, change):
+    X, y = line_data()
+    clf = ResistanceClassifier(_Tempered(), attack=ATTACK, threshold=0.5).fit(X, y)
+    before = clf.transform(X)
+    change(clf)
+    after = clf.attack_results(X)
+    assert attacked == [len(X)] * 2
+    fresh = clf._attack_settings()(clf._module(), torch.tensor(X))
+    np.testing.assert_array_equal(after.features, fresh.features)
+    assert not np.array_equal(after.features, before)
+
+
+def test_classifier_remembers_the_last_four_inputs_and_ranks(attacked):
+    X, y = line_data()
+    clf = ResistanceClassifier(_Line(), attack=ATTACK, threshold=0.5).fit(X, y)
+    inputs = [X[i : i + 5] for i in range(0, 30, 5)]
+    attacked.clear()
+    for X_part in inputs[:4]:
+        clf.transform(X_part)
+    clf.transform(inputs[0])  # remembered, and now the most recently used
+    assert len(attacked) == 4
+    clf.transform(inputs[4])  # a fifth input: the least recently used, inputs[1], goes
+    for X_part in [inputs[0], *inputs[2:5]]:
+        clf.transform(X_part)
+    assert len(attacked) == 5
+    clf.transform(inputs[1])
+    assert len(attacked) == 6
+    clf.predict_topk(inputs[5], k=3)  # ranks 0 and 1 (of three classes): two entries
+    assert len(attacked) == 8
+    clf.predict_topk(inputs[5], k=3)
+    assert len(attacked) == 8
+
+
+def test_classifier_fit_starts_afresh_and_clones_copies_and_pickles_remember_nothing(
+        attacked):
+    X, y = line_data()
+    clf = ResistanceClassifier(_Line(), attack=ATTACK, threshold=0.5).fit(X, y)
+    clf.transform(X)  # remembered from fit (cv="prefit")
+    assert len(attacked) == 1
+    for other in [clone(clf).fit(X[:10], y[:10]), copy.deepcopy(clf),
+                  pickle.loads(pickle.dumps(clf))]:
+        other.transform(X)
+    assert len(attacked) == 5  # one fit on X[:10], then X once by each
+    clf.transform(X)
+    assert len(attacked) == 5  # clf still remembers X
+    clf.fit(X[:10], y[:10])
+    clf.transform(X)
+    assert len(attacked) == 7
+
+
+def test_classifier_results_handed_out_are_copies(attacked):
+    X, y = line_data()
+    clf = ResistanceClassifier(_Line(), attack=ATTACK, threshold=0.5).fit(X[:20], y[:20])
+    expected = ATTACK(_Line(), torch.tensor(X)).features
+    attacked.clear()
+    clf.attack_results(X).res_n[:] = -1  # the result just computed, then remembered
+    clf.attack_results(X).res_max[:] = -1  # the remembered one
+    np.testing.assert_array_equal(clf.transform(X), expected)
+    assert attacked == [len(X)]
+
+
+def test_classifier_explicit_cache_takes_precedence(attacked):
+    X, y = line_data()
+    cache = AttackCache()
+    clf = ResistanceClassifier(_Line(), attack=ATTACK, cache=cache, threshold=0.5).fit(X, y)
+    assert len(cache) == len(X)
+    attacked.clear()
+    clf.transform(X)
+    ResistanceClassifier(_Line(), attack=ATTACK, cache=cache, threshold=0.5).fit(X, y)
+    assert attacked == []  # the cache answered, and a new classifier shares it
+
+
+# ------------------------------------------------------------------- messages
+
+
+def test_classifier_predict_proba_on_the_meta_device_raises_and_keeps_the_weights():
+    X, y = line_data()
+    module = _Line()
+    clf = ResistanceClassifier(module, attack=ATTACK).fit(X, y)
+    clf.set_params(attack=ResistanceAttack(device="meta"))
+    with pytest.raises(ValueError, match="device='meta' holds no data"):
+        clf.predict_proba(X)
+    np.testing.assert_array_equal(module.cuts.detach().numpy(), [-1.0, 1.0])
+
+
+def test_classifier_fit_rejects_integer_images_but_converts_integer_features():
+    X, y = line_data()
+    with pytest.raises(ValueError, match="X holds int64 values, but the attack needs "
+                                         "floating-point pixels"):
+        ResistanceClassifier(_Line(), attack=ATTACK).fit(np.round(X)[:, :, None, None]
+                                                        .astype(np.int64), y)
+    # As scikit-learn converts them: its estimator checks fit on integer features.
+    clf = ResistanceClassifier(_Line(), attack=ATTACK).fit(np.round(X * 4).astype(np.int64), y)
+    assert clf.transform(np.round(X * 4).astype(np.int32)).shape == (len(X), 3)
+
+
+def test_classifier_warns_when_few_correct_predictions_flip():
+    X, y = line_data()
+    weak = ResistanceAttack(max_iter=3, step_size=0.01, batch_size=64, clip=(-5.0, 5.0))
+    with pytest.warns(UserWarning, match=(
+            r"The attack changed the class of only \d+% of the net's \d+ correct predictions "
+            r"on the samples the detector learns from, within max_iter=3 steps of "
+            r"step_size=0.01.*attack=ResistanceAttack\(step_size=\.\.\., max_iter=\.\.\.\)\. "
+            r"clip=\(-5.0, 5.0\) keeps x \+ r in a box.* net_output='proba'")) as caught:
+        ResistanceClassifier(_Line(), attack=weak).fit(X, y)
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ResistanceClassifier(_Line(), attack=ATTACK).fit(X, y)  # every one flips
+
+
+@pytest.mark.parametrize("flipped, warns", [
+    ([True, False], False),  # a half: enough
+    ([True, False, False], True),
+    ([], False),  # no correct prediction: nothing to say
+], ids=["half", "third", "none"])
+def test_classifier_flip_rate_threshold_is_a_half(flipped, warns):
+    clf = ResistanceClassifier(_Line(), attack=ATTACK)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf._check_flip_rate(np.array(flipped, dtype=bool))
+    assert bool(caught) == warns

@@ -4,35 +4,31 @@ runs. Files are written whole or not at all.
 
 Every file the project reads, and the test that plants a pickle there:
 
-- an attack cache, ``AttackCache.load``: test_attack_cache_load_refuses_planted_files
-- ``attack-cache.npz`` of reproduce, compare and adversarial (``load_attack_cache``):
-  test_study_attack_cache_planted_is_recomputed, test_reproduce_recomputes_over_planted_files
-- ``net.pt`` and ``net.json`` (``reference_net``: every command, the bench and the step-size
-  sweep): test_reference_net_planted_weights_are_retrained,
-  test_reference_net_planted_info_is_retrained
-- ``results.json`` (``keep_first_timings``): test_keep_first_timings_ignores_planted_results,
+- an attack cache, ``AttackCache.load`` and ``AttackCache(path)``:
+  test_attack_cache_load_refuses_planted_files
+- every file of a ``ResultStore`` (``--cache`` of the study commands): per-row tables
+  (attacks, logits, competitors), arrays (adversarial examples, corrupted images), JSON
+  (training records, histories) and weights: test_result_store_planted_files_are_recomputed,
   test_reproduce_recomputes_over_planted_files
-- dynamics' ``history.json``: test_dynamics_planted_history_is_recomputed
-- adversarial's ``adversarial-examples.npz``: test_adversarial_planted_examples_are_recrafted
-- the competitors' scores ``competitors*.npz`` and ``.json`` (reproduce, compare):
-  test_competitor_scores_planted_are_recomputed
-- the bench's ``timings.json`` (``read_json``, as every JSON file above):
-  test_bench_planted_timings_are_ignored
+- the reference net's weights and record in a store (``reference_net``: every command, the
+  bench and the step-size sweep): test_reference_net_planted_weights_are_retrained,
+  test_reference_net_planted_info_is_recomputed
 """
 
+import json
 import os
 import pickle
 import warnings
+from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
 import torch
 
-from resistclf import AttackCache, ResistanceAttack
+from resistclf import AttackCache, ResistanceAttack, ResultStore
 from resistclf._cache import atomic_write
 from resistclf.models import SimpleCNN
-from resistclf.reports import _report
 from resistclf.reports._reference import load_dataset, reference_net
 
 from .conftest import copy_net
@@ -108,8 +104,11 @@ def test_attack_cache_load_refuses_planted_files(tmp_path, marker, kind):
         (lambda file: np.save(file, np.arange(3)), "single array"),
         (lambda file: np.savez(file, results=np.arange(3)), "format"),
         (lambda file: np.savez(file, format=np.array("resistclf.AttackCache/1"),
-                               keys=np.array(["a", "b"])), "res_n"),
-        (lambda file: np.savez(file, format=np.array("resistclf.AttackCache/1"),
+                               keys=np.array(["a"]), **{name: np.arange(1) for name in FIELDS}),
+         "format 'resistclf.AttackCache/2'"),
+        (lambda file: np.savez(file, format=np.array("resistclf.AttackCache/2"),
+                               keys=np.array(["a", "b"])), "do not line up"),
+        (lambda file: np.savez(file, format=np.array("resistclf.AttackCache/2"),
                                keys=np.arange(2), **{name: np.arange(2) for name in FIELDS}),
          "do not line up"),
     ],
@@ -175,32 +174,45 @@ def test_atomic_write_gives_the_permissions_the_umask_leaves(tmp_path, umask, mo
     assert (tmp_path / "shared.npz").stat().st_mode & 0o777 == mode
 
 
-# ------------------------------------------------------------------ study commands
+# ------------------------------------------------------------------ the result store
+
+def _store_files(store):
+    return sorted(path for path in store.folder.iterdir() if not path.name.startswith("."))
+
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_study_attack_cache_planted_is_recomputed(tmp_path, marker, kind):
-    path = plant(tmp_path / "attack-cache.npz", marker, kind)
+@pytest.mark.parametrize("method", ["rows", "arrays", "json", "tensors"])
+def test_result_store_planted_files_are_recomputed(tmp_path, marker, kind, method):
+    store = ResultStore(tmp_path / "store")
+    X = np.ones((3, 2), dtype=np.float32)
+    compute = {"rows": lambda: store.rows("table", "s", X, lambda rows: {"v": rows[:].sum(1)}),
+               "arrays": lambda: store.arrays("value", "s", lambda: {"v": np.arange(3)}),
+               "json": lambda: store.json("value", "s", lambda: {"v": [0, 1, 2]}),
+               "tensors": lambda: store.tensors("value", "s", lambda: {"v": torch.arange(3)})}
+    first = compute[method]()
+    (path,) = _store_files(store)
+    plant(path, marker, kind)
+    store = ResultStore(tmp_path / "store")  # a fresh store reads the file
     with pytest.warns(UserWarning, match=f"Ignoring {path}"):
-        cache = _report.load_attack_cache(path)
-    assert len(cache) == 0
+        again = compute[method]()
+    assert str(again["v"]) == str(first["v"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the file was replaced by a sound one
+        ResultStore(tmp_path / "store") and compute[method]()
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_keep_first_timings_ignores_planted_results(tmp_path, marker, kind):
-    path = plant(tmp_path / "results.json", marker, kind)
-    timings = {"attack": 1.0}
-    with pytest.warns(UserWarning, match=f"Ignoring {path}: it is not JSON"):
-        _report.keep_first_timings(tmp_path, timings, ["attack"])
-    assert timings == {"attack": 1.0}
+def test_result_store_file_cut_short_is_recomputed(tmp_path):
+    store = ResultStore(tmp_path)
+    X = np.ones((3, 2), dtype=np.float32)
+    store.rows("table", "s", X, lambda rows: {"v": rows[:].sum(1)})
+    path = tmp_path / "table.npz"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.warns(UserWarning, match=f"Ignoring {path}: .* is not a table of results"):
+        values = ResultStore(tmp_path).rows("table", "s", X, lambda rows: {"v": rows[:].sum(1)})
+    np.testing.assert_array_equal(values["v"], [2, 2, 2])
 
 
-def test_keep_first_timings_ignores_foreign_json(tmp_path):
-    for foreign in ["[1, 2]", '{"seconds": [1]}', '{"seconds": {"attack": "fast"}}']:
-        (tmp_path / "results.json").write_text(foreign)
-        timings = {"attack": 1.0}
-        _report.keep_first_timings(tmp_path, timings, ["attack"])
-        assert timings == {"attack": 1.0}
-
+# ------------------------------------------------------------------ study commands
 
 @pytest.fixture(scope="module")
 def small_mnist(fake_mnist_root):
@@ -208,10 +220,15 @@ def small_mnist(fake_mnist_root):
     return X_train[:200], y_train[:200], X_test[:20], y_test[:20]
 
 
-def _small_net(small_mnist, out):
+def _small_net(small_mnist, folder, epochs=1):
     X, y, _, _ = small_mnist
-    return reference_net(X, y, cache=out / "net.pt", epochs=1, verbose=False,
+    return reference_net(X, y, store=ResultStore(folder), epochs=epochs, verbose=False,
                          module_params={"channels": (4, 8), "hidden": 16})
+
+
+def _net_file(folder):
+    (path,) = Path(folder).glob("net-*.pt")
+    return path
 
 
 @pytest.mark.parametrize("kind", ["torch", "pickle"])
@@ -219,32 +236,48 @@ def test_reference_net_planted_weights_are_retrained(tmp_path, small_mnist, mark
     net, _ = _small_net(small_mnist, tmp_path)
     trained = {name: value.clone() for name, value in net.module_.state_dict().items()}
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a sound cache is reused silently
+        warnings.simplefilter("error")  # a sound file is reused silently
         again, _ = _small_net(small_mnist, tmp_path)
     assert all(torch.equal(again.module_.state_dict()[k], v) for k, v in trained.items())
 
-    plant(tmp_path / "net.pt", marker, kind)
-    with pytest.warns(UserWarning, match=f"Ignoring {tmp_path / 'net.pt'}: it is not a state"):
+    path = plant(_net_file(tmp_path), marker, kind)
+    with pytest.warns(UserWarning, match=f"Ignoring {path}"):
         retrained, _ = _small_net(small_mnist, tmp_path)
     # Trained again, from the same seed; and saved as plain weights.
     assert all(torch.equal(retrained.module_.state_dict()[k], v) for k, v in trained.items())
-    state = torch.load(tmp_path / "net.pt", weights_only=True)
+    state = torch.load(path, weights_only=True)
     assert all(torch.equal(state[k], v) for k, v in trained.items())
 
 
 def test_reference_net_weights_of_another_net_are_retrained(tmp_path, small_mnist):
     _small_net(small_mnist, tmp_path)
-    torch.save(SimpleCNN(channels=(2, 2), hidden=4).state_dict(), tmp_path / "net.pt")
-    with pytest.warns(UserWarning, match="net.pt: it is not a state dict of this net"):
+    path = _net_file(tmp_path)
+    torch.save(SimpleCNN(channels=(2, 2), hidden=4).state_dict(), path)
+    with pytest.warns(UserWarning, match="they are not the weights of SimpleCNN"):
         net, _ = _small_net(small_mnist, tmp_path)
-    assert net.module_.state_dict().keys() == torch.load(tmp_path / "net.pt",
-                                                         weights_only=True).keys()
+    assert net.module_.state_dict().keys() == torch.load(path, weights_only=True).keys()
+
+
+def test_reference_net_cut_short_is_not_kept(tmp_path, small_mnist, monkeypatch):
+    # skorch ends fit quietly on Ctrl-C; a net trained for fewer epochs must stop the
+    # command, and must never be kept as the trained net.
+    from skorch import NeuralNet
+
+    fit_loop = NeuralNet.fit_loop
+
+    def interrupted(self, X, y=None, epochs=None, **kwargs):
+        return fit_loop(self, X, y, epochs=1, **kwargs)
+
+    monkeypatch.setattr(NeuralNet, "fit_loop", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="stopped after 1 of 2 epochs"):
+        _small_net(small_mnist, tmp_path, epochs=2)
+    assert not list(tmp_path.glob("net-*")), "nothing kept"
 
 
 def test_reference_net_records_its_thread_count_and_reuses_the_net_under_another(
         tmp_path, small_mnist):
     # Training rounds differently with another number of threads: the count is recorded,
-    # and a cached net is reused whatever the count now, so that reports keep their net.
+    # and a kept net is reused whatever the count now, so that reports keep their net.
     threads = torch.get_num_threads()
     _, info = _small_net(small_mnist, tmp_path)
     assert info["torch_threads"] == threads
@@ -264,86 +297,28 @@ def test_reference_net_loaded_from_its_weights_knows_its_classes(tmp_path, small
     np.testing.assert_array_equal(loaded.classes_, np.arange(10))
 
 
-def test_reference_net_planted_info_is_retrained(tmp_path, small_mnist, marker):
+def test_reference_net_planted_info_is_recomputed(tmp_path, small_mnist, marker):
     _small_net(small_mnist, tmp_path)
-    plant(tmp_path / "net.json", marker, "pickle")
-    with pytest.warns(UserWarning, match=f"Ignoring {tmp_path / 'net.json'}: it is not JSON"):
+    (path,) = tmp_path.glob("net-*.json")
+    plant(path, marker, "pickle")
+    with pytest.warns(UserWarning, match=f"Ignoring {path}"):
         _, info = _small_net(small_mnist, tmp_path)
-    assert info["epochs"] == 1 and "train_seconds" in info
-
-
-def test_dynamics_planted_history_is_recomputed(tmp_path, small_mnist, marker):
-    from resistclf.reports.dynamics import _history
-
-    X, y, X_val, y_val = small_mnist
-    attack = ResistanceAttack(max_iter=3, batch_size=20)
-    info = {"epochs": 1, "seed": 0, "attack": attack.get_params()}
-    path = plant(tmp_path / "history.json", marker, "pickle")
-    with pytest.warns(UserWarning, match=f"Ignoring {path}: it is not JSON"):
-        history, from_cache = _history(X, y, X_val, y_val, attack, info, path, False)
-    assert not from_cache and len(history) == 1
-    assert _history(X, y, X_val, y_val, attack, info, path, False) == (history, True)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_adversarial_planted_examples_are_recrafted(tmp_path, trained_cnn, digits, marker,
-                                                    kind):
-    torchattacks = pytest.importorskip("torchattacks")
-    from resistclf.reports.adversarial import ATTACKS, _crafted
-
-    _, _, X, y = digits
-    path = plant(tmp_path / "adversarial-examples.npz", marker, kind)
-    plant(tmp_path / "adversarial-examples.joblib", marker, "joblib")  # the old name
-    with pytest.warns(UserWarning, match=f"Ignoring {path}"):
-        examples, from_cache = _crafted(torchattacks, trained_cnn.module_, X[:3], y[:3], 0,
-                                        path, False)
-    assert not from_cache and list(examples) == list(ATTACKS)
-    again, from_cache = _crafted(torchattacks, trained_cnn.module_, X[:3], y[:3], 0, path,
-                                 False)
-    assert from_cache
-    for name in ATTACKS:
-        np.testing.assert_array_equal(again[name], examples[name])
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_competitor_scores_planted_are_recomputed(tmp_path, trained_cnn, digits, marker, kind):
-    from resistclf.reports._detection import cached_competitor_scores
-
-    X = digits[2][:16]
-    logits = trained_cnn.forward(X, training=False).numpy()
-    info = {"architecture": "tiny", "seed": 0}
-    plant(tmp_path / "competitors.npz", marker, kind)
-    plant(tmp_path / "competitors.json", marker, "pickle")
-    with pytest.warns(UserWarning, match="Ignoring"):
-        scores, cost, _ = cached_competitor_scores(tmp_path / "competitors", info,
-                                                   trained_cnn.module_, logits, X)
-    again, cost_again, _ = cached_competitor_scores(tmp_path / "competitors", info, None, None, X)
-    assert cost_again == cost, "the rerun was not cached"
-    np.testing.assert_array_equal(again["DeepFool distance"], scores["DeepFool distance"])
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_bench_planted_timings_are_ignored(tmp_path, marker, kind):
-    from resistclf.reports._report import read_json
-
-    path = plant(tmp_path / "timings.json", marker, kind)
-    with pytest.warns(UserWarning, match=f"Ignoring {path}"):
-        assert read_json(path) is None
+    assert info["epochs"] == 1
 
 
 def test_reproduce_recomputes_over_planted_files(fake_mnist_root, fake_mnist_net, tmp_path,
                                                  marker):
     from resistclf.reports.reproduce import run_reproduce
 
-    out = tmp_path / "report"
-    copy_net(fake_mnist_net, out)
-    plant(out / "attack-cache.npz", marker, "npz")
-    plant(out / "results.json", marker, "pickle")
+    out, cache = tmp_path / "report", tmp_path / "cache"
+    copy_net(fake_mnist_net, cache)
+    for name in ("resistance-rank0", "logits", "competitor-DeepFool"):
+        plant(cache / f"{name}.npz", marker, "npz")
     with pytest.warns(UserWarning) as caught:
-        results = run_reproduce("mnist", fake_mnist_root, out=out, limit=150, max_iter=10,
-                                n_resamples=10, verbose=False)
+        results = run_reproduce("mnist", fake_mnist_root, out=out, cache=cache, limit=150,
+                                max_iter=10, n_resamples=10, verbose=False)
     ignored = {str(w.message).split(":")[0] for w in caught if "Ignoring" in str(w.message)}
-    assert ignored == {f"Ignoring {out / 'attack-cache.npz'}", f"Ignoring {out / 'results.json'}"}
+    assert ignored == {f"Ignoring {cache / name}.npz" for name in (
+        "resistance-rank0", "logits", "competitor-DeepFool")}
     assert results["n_test"] == 150
-    assert len(AttackCache.load(out / "attack-cache.npz")) > 0
-    assert _report.read_json(out / "results.json")["n_test"] == 150
+    assert json.loads((out / "results.json").read_text())["n_test"] == 150

@@ -3,14 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from resistclf import ResistanceAttack
+from resistclf import ResistanceAttack, study
 from resistclf.datasets import load_mnist
-from resistclf.reports import _detection
-from resistclf.reports._detection import COMPLEMENTS
 from resistclf.reports import _reference
 from resistclf.reports._reference import ATTACK_MODES, FAST_MODES
 from resistclf.reports.reproduce import run_reproduce
 from resistclf.scores import SOFTMAX_SCORES
+from resistclf.study import COMPLEMENTS
 
 from .conftest import copy_net
 
@@ -25,15 +24,18 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
     results = run_reproduce("mnist", fake_mnist_root, out=out, limit=150, max_iter=30,
                             n_resamples=30, verbose=False)
     for name in ["report.md", "results.json", "traces.png", "histograms.png", "roc.png",
-                 "risk_coverage.png", "errors.png", "net.pt", "attack-cache.npz",
-                 "competitors.npz", "competitors.json"]:
+                 "risk_coverage.png", "errors.png"]:
         assert (out / name).exists(), name
+    for name in ["resistance-rank0.npz", "resistance-rank2.npz", "logits.npz",
+                 "competitor-DeepFool.npz", "competitor-FMN-L2.npz"]:
+        assert (out / "cache" / name).exists(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["n_test"] == 150 and saved["n_train"] == 1000 and saved["mode"] == "exact"
     assert list(saved["detection"]) == [
         "Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", *SOFTMAX_SCORES,
-        "input-space margin", "DeepFool distance", "LR(resistance + max-softmax)",
-        "LR(softmax)", "LR(softmax + resistance)", "LR(softmax + distances)",
+        "input-space margin", "DeepFool distance", "FMN-L2 distance", "FMN-Linf distance",
+        "DDN distance", "LR(resistance + max-softmax)", "LR(softmax)",
+        "LR(softmax + resistance)", "LR(softmax + distances)",
         "LR(softmax + distances + resistance)"]
     for metrics in saved["detection"].values():
         assert set(metrics) == {"auroc", "aurc", "eaurc", "augrc", "fpr_at_95_tpr"}
@@ -42,19 +44,19 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
     assert set(saved["complementarity"]) == set(COMPLEMENTS)
     for row in saved["complementarity"].values():
         assert row["auroc"]["verdict"] in {"adds", "loses", "no difference"}
-    assert saved["cost"]["Res_N"] == {"forward": 31, "backward": 30, "at_most": False,
-                                      "seconds": results["seconds"]["attack the test set"]}
+    assert (saved["cost"]["Res_N"]["forward"], saved["cost"]["Res_N"]["backward"]) == (31, 30)
     assert saved["cost"]["input-space margin"]["backward"] == 9
     errors = saved["errors"]["count"]
     assert saved["correction"]["adversarial_class_is_true"]["of"] == errors
+    assert saved["correction"]["FMN-L2_class_is_true"]["of"] == errors
     low, high = saved["errors"]["ci"]
     assert low <= saved["errors"]["value"] <= high
     report = (out / "report.md").read_text()
     for phrase in ["write-up", "max-softmax", "top-5 error", "exact mode", "AURC ×1000",
-                   "Does resistance add anything beyond the softmax?", "DeepFool distance"]:
+                   "Does resistance add anything beyond the softmax?", "DeepFool distance",
+                   "FMN-L2 distance", "DDN distance", "Spearman"]:
         assert phrase in report, phrase
 
-    net_bytes = (out / "net.pt").read_bytes()
     attack = ResistanceAttack.__call__
 
     def traces_only(self, module, X, **kwargs):
@@ -62,13 +64,12 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
         return attack(self, module, X, **kwargs)
 
     monkeypatch.setattr(ResistanceAttack, "__call__", traces_only)
-    monkeypatch.setattr(_detection, "competitor_scores", None)  # cached: never called
+    for name in ("deepfool", "input_margin", "minimum_norm"):  # kept: never called
+        monkeypatch.setattr(study, name, None)
     again = run_reproduce("mnist", fake_mnist_root, out=out, limit=150, max_iter=30,
                           n_resamples=30, verbose=False)
-    assert (out / "net.pt").read_bytes() == net_bytes
-    # The report keeps the attack's cost as first measured.
-    assert again["seconds"]["attack the test set"] == results["seconds"]["attack the test set"]
-    assert "as first computed" in (out / "report.md").read_text()
+    # The costs stay those first measured, and the numbers are the same.
+    assert again["cost"] == results["cost"]
     assert again["detection"] == results["detection"]
 
 
@@ -85,7 +86,7 @@ def test_reproduce_unknown_dataset_raises(tmp_path):
 def test_reproduce_fast_runs_the_fast_mode_and_says_so(fake_mnist_root, fake_mnist_net,
                                                         tmp_path):
     out = tmp_path / "fast"
-    copy_net(fake_mnist_net, out)
+    copy_net(fake_mnist_net, out / "cache")
     results = run_reproduce("mnist", fake_mnist_root, out=out, limit=60, max_iter=20,
                             n_resamples=10, fast=True, verbose=False)
     mode = FAST_MODES["mnist"]

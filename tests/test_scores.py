@@ -17,10 +17,10 @@ from resistclf.scores import (
     energy,
     entropy,
     input_margin,
-    logit_margin,
-    max_logit,
-    max_softmax,
-    softmax_margin,
+    negative_logit_margin,
+    negative_max_logit,
+    one_minus_max_softmax,
+    one_minus_softmax_margin,
     softmax_scores,
 )
 
@@ -112,7 +112,8 @@ def test_softmax_scores_accept_tensors_and_lists_without_changing_them():
     (np.array([[0.0, np.nan]]), "finite"),
     (np.array([["a", "b"]]), "real numbers"),
 ])
-@pytest.mark.parametrize("score", [max_softmax, max_logit, softmax_margin, logit_margin,
+@pytest.mark.parametrize("score", [one_minus_max_softmax, negative_max_logit,
+                                   one_minus_softmax_margin, negative_logit_margin,
                                    entropy, energy, doctor_alpha, doctor_beta, softmax_scores])
 def test_softmax_scores_reject_bad_logits(score, logits, match):
     with pytest.raises(ValueError, match=match):
@@ -428,3 +429,31 @@ def test_attack_scores_reject_bool_and_complex_tensors(attack, X):
     with pytest.raises(ValueError, match="real numbers"):
         attack(linear_model(), X)
 
+
+
+@pytest.mark.parametrize("old, new", [("max_softmax", one_minus_max_softmax),
+                                      ("max_logit", negative_max_logit),
+                                      ("softmax_margin", one_minus_softmax_margin),
+                                      ("logit_margin", negative_logit_margin)])
+def test_scores_former_names_warn_and_give_the_same_scores(old, new):
+    from resistclf import scores
+
+    logits = np.random.RandomState(0).randn(5, 4)
+    with pytest.warns(FutureWarning, match=f"{old} was renamed {new.__name__}"):
+        np.testing.assert_array_equal(getattr(scores, old)(logits), new(logits))
+
+
+def test_resistance_error_scores_are_the_negated_features():
+    from resistclf import AttackResult
+    from resistclf.scores import resistance_error_scores
+
+    result = AttackResult(res_n=np.array([0.5, 2.0]), res_max=np.array([1.0, 3.0]),
+                          res_min=np.array([3, 501]), res_mean=np.array([0.4, 1.0]),
+                          flipped=np.array([True, False]), adversarial_class=np.array([1, 0]),
+                          c0=np.array([0, 0]), conf0=np.array([0.9, 1.0]))
+    scores = resistance_error_scores(result)
+    assert list(scores) == ["res_n", "res_max", "res_min", "res_mean"]
+    np.testing.assert_array_equal(scores["res_min"], [-3.0, -501.0])
+    assert scores["res_min"].dtype == np.float64
+    with pytest.raises(ValueError, match="features must be a non-empty sequence"):
+        resistance_error_scores(result, ["confidence"])

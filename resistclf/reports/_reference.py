@@ -1,18 +1,14 @@
 """The study's data and reference network, shared by every report and benchmark."""
 
-import pickle
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .._cache import atomic_write
 from ..datasets import load_fashion_mnist, load_mnist
 from ..models import SimpleCNN, make_net
-from ._report import read_json, warn_unreadable, write_json
 
 DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
 
@@ -35,17 +31,21 @@ def load_dataset(name, root, *, download=False):
                                                                download=download))
 
 
-def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, module=SimpleCNN,
+def reference_net(X_train, y_train, *, store, seed=0, epochs=REFERENCE_EPOCHS, module=SimpleCNN,
                   module_params=None, verbose=True):
-    """The reference CNN (or another module) trained on ``X_train``, loaded from ``cache``.
+    """The reference CNN (or another module) trained on ``X_train``, kept in ``store``.
+
+    The weights are keyed by the training data, the architecture and how the net is
+    trained, so every command that asks for the same net reuses it. A training run cut
+    short (skorch ends ``fit`` quietly on Ctrl-C) is never kept: it stops the command.
 
     Parameters
     ----------
     X_train, y_train : ndarrays
         Training images and labels.
-    cache : path
-        File for the trained parameters; a JSON file beside it records how the
-        net was trained, and a cached net is reused only if that matches.
+    store : ResultStore
+        Where the weights (``net-<key>.pt``) and how they were trained (``net-<key>.json``)
+        are kept.
     seed : int, default=0
         Seeds torch for the initialisation and the batch order.
     epochs : int, default=REFERENCE_EPOCHS
@@ -62,58 +62,53 @@ def reference_net(X_train, y_train, *, cache, seed=0, epochs=REFERENCE_EPOCHS, m
         Trained.
     info : dict
         How it was trained, and how long that took.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        If training stopped before the last epoch; nothing is kept.
     """
-    cache = Path(cache)
     module_params = module_params or {}
     architecture = f"{module.__name__}(" + ", ".join(
         f"{k}={v!r}" for k, v in module_params.items()) + ")"
     info = {"architecture": architecture, "epochs": epochs, "seed": seed,
             "n_train": int(len(X_train)), "optimizer": "Adam(lr=1e-3), batch_size=128"}
-    info_path = cache.with_suffix(".json")
     n_classes = int(y_train.max()) + 1
     net = make_net(module, max_epochs=epochs, verbose=int(verbose), n_classes=n_classes,
                    **module_params)
     # A net loaded from its weights has not seen y: it needs its classes to be told.
     net.classes = np.arange(n_classes)
-    recorded = read_json(info_path) if cache.exists() else None
-    if isinstance(recorded, dict) and {k: recorded.get(k) for k in info} == info \
-            and _load_weights(net, cache):
-        return net, recorded
-    if verbose:
-        print(f"Training {architecture} on {len(X_train)} images for {epochs} epochs...",
-              file=sys.stderr)
-    start = time.perf_counter()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        net.fit(X_train, y_train)
-    info["train_seconds"] = round(time.perf_counter() - start, 1)
-    # Training is bit-reproducible for a seed only at a fixed thread count (see the limits
-    # page of the user guide), so the count is recorded; it does not decide reuse.
-    info["torch_threads"] = torch.get_num_threads()
-    # The module's state dict, as skorch's save_params writes it.
-    with atomic_write(cache) as file:
-        torch.save(net.module_.state_dict(), file)
-    write_json(info_path, info)
-    return net, info
+    settings = {**info, "X_train": X_train, "y_train": y_train}
 
+    def train():
+        if verbose:
+            print(f"Training {architecture} on {len(X_train)} images for {epochs} epochs...",
+                  file=sys.stderr)
+        start = time.perf_counter()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            net.fit(X_train, y_train)
+        if len(net.history) < epochs:
+            raise KeyboardInterrupt(
+                f"Training of {architecture} stopped after {len(net.history)} of {epochs} "
+                "epochs (interrupted); the half-trained net was not kept. Run the command "
+                "again to train it.")
+        info["train_seconds"] = round(time.perf_counter() - start, 1)
+        # Training is bit-reproducible for a seed only at a fixed thread count (see the limits
+        # page of the user guide), so the count is recorded; it does not decide reuse.
+        info["torch_threads"] = torch.get_num_threads()
+        return net.module_.state_dict()
 
-def _load_weights(net, path):
-    """Initialise ``net`` with the weights saved in ``path``, read without pickle.
+    def load(state):
+        with torch.random.fork_rng():  # the weights are replaced: leave torch's RNG alone
+            net.initialize()
+        try:
+            net.module_.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"they are not the weights of {architecture} ({exc})") from exc
 
-    Returns False (with a warning) if the file does not hold weights that fit the net.
-    """
-    with torch.random.fork_rng():  # the weights are replaced: leave torch's RNG alone
-        net.initialize()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not all(
-                isinstance(value, torch.Tensor) for value in state.values()):
-            raise ValueError("it does not hold a state dict of tensors")
-        net.module_.load_state_dict(state)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
-        warn_unreadable(path, f"it is not a state dict of this net's weights ({exc})")
-        return False
-    return True
+    store.tensors("net", settings, train, check=load)
+    return net, store.json("net", settings, lambda: info)
 
 
 #: The attack's modes, as ``ResistanceAttack`` settings on top of the defaults (which are

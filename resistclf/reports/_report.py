@@ -1,12 +1,10 @@
-"""Writing a report (report.md, results.json and PNG figures in one folder), and the files
-the study commands keep between runs.
+"""Writing a report: report.md, results.json and PNG figures in one folder, with the
+header and the settings section every study command shares.
 
-Every file a command reads back may have been written by someone else (``--out`` folders
-are shared between people and machines), so none is read with pickle: arrays are ``.npz``
-read with ``allow_pickle=False``, the rest JSON, and nets ``torch.load(weights_only=True)``.
-A file that cannot be read that way is reported with a warning that names it, and what it
-held is computed again. Every file is written under a temporary name and renamed once
-complete, so a crash or a second process never leaves half a file.
+What a command computes is kept in a :class:`~resistclf.ResultStore` (its ``--cache``
+folder), which never unpickles what it reads back; every file here is written under a
+temporary name and renamed once complete, so a crash or a second process never leaves half
+a file.
 """
 
 import json
@@ -14,17 +12,13 @@ import os
 import platform
 import sys
 import time
-import warnings
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import joblib
 import numpy as np
 
-from .. import AttackCache
-from .._cache import atomic_write
-from ..metrics import bootstrap_interval
+from .._cache import _jsonable, atomic_write
 
 
 def environment():
@@ -93,52 +87,40 @@ def parallel_backend(n_jobs=None, scheduler=None):
         yield client
 
 
-def keep_first_timings(out, timings, cached):
-    """Time each phase in ``cached`` as the run that computed it did.
-
-    A phase that only reused cached results takes its time from the previous
-    ``results.json`` in ``out``, if that records one, so that a rerun's report
-    still tells what the work cost.
-    """
-    previous = read_json(Path(out) / "results.json")
-    previous = previous.get("seconds") if isinstance(previous, dict) else None
-    for name in cached:
-        if isinstance(previous, dict) and isinstance(previous.get(name), (int, float)):
-            timings[name] = previous[name]
+def study_results(study, run):
+    """``results.json`` of a study command: what the run was, then the study's results."""
+    return {**run, **study.to_dict(), "environment": environment()}
 
 
-def rate(mask, *, n_resamples, seed):
-    """The mean of a boolean array with its count and a bootstrap 95% interval."""
-    mask = np.asarray(mask, dtype=bool)
-    interval = (bootstrap_interval(np.mean, mask, n_resamples=n_resamples, random_state=seed)
-                if len(mask) else (np.nan, np.nan))
-    return {"value": float(np.mean(mask)) if len(mask) else np.nan, "ci": interval,
-            "count": int(mask.sum()), "of": int(len(mask))}
+def header_markdown(title, r, description):
+    """A report's title and opening paragraph, with MNIST's short training split noted."""
+    lines = [f"# {title}", "", f"{description} Brackets hold bootstrap 95% intervals "
+             f"({r['n_resamples']} resamples of the images).", ""]
+    if r.get("dataset") == "mnist" and r.get("n_train", 60000) < 60000:
+        lines += [f"MNIST's training split here holds only the first {r['n_train']:,} of the "
+                  "official 60,000 images, so its nets make more errors than ones trained on "
+                  "all of them, and than the write-up's.", ""]
+    return "\n".join(lines)
 
 
-def scored(metrics, is_positive, scores, *, n_resamples, seed):
-    """Each metric of each score, with a bootstrap 95% interval.
-
-    Parameters
-    ----------
-    metrics : dict of str to callable
-        ``metric(is_positive, score)`` returns a float (NaN where undefined).
-    is_positive : ndarray of bool, shape (n_samples,)
-    scores : dict of str to ndarray of shape (n_samples,)
-        Higher means more likely positive.
-
-    Returns
-    -------
-    results : dict
-        ``results[score_name][metric_name] = {"value": ..., "ci": (low, high)}``.
-    """
-    return {
-        name: {key: {"value": metric(is_positive, score),
-                     "ci": bootstrap_interval(metric, is_positive, score,
-                                              n_resamples=n_resamples, random_state=seed)}
-               for key, metric in metrics.items()}
-        for name, score in scores.items()
-    }
+def settings_markdown(r, nets=None):
+    """The report's last section: the attack, the nets, versions, machine and timings."""
+    nets = {"Net": r["net"]} if nets is None else nets
+    return "\n".join([
+        "## Settings, versions and timings",
+        "",
+        f"- Attack: `{call_repr('ResistanceAttack', r['attack'])}`",
+        *(f"- {name}: {', '.join(f'{k} {v}' for k, v in info.items())}"
+          for name, info in nets.items()),
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in r["environment"].items()
+                                   if k != "machine"),
+        f"- Machine: {r['environment']['machine']}",
+        f"- Seed {r['seed']}; wall time per phase of this run (s): "
+        + ", ".join(f"{k} {v}" for k, v in r["seconds"].items())
+        + ". A phase whose results were kept in the cache by an earlier run takes little "
+          "time here; the cost columns give each score's time as first computed.",
+        "",
+    ])
 
 
 def call_repr(name, params):
@@ -169,85 +151,3 @@ def write_text(path, text):
 def write_json(path, value, indent=2):
     """Write ``value`` to ``path`` as JSON (NumPy numbers and arrays as plain ones), atomically."""
     write_text(path, json.dumps(value, indent=indent, default=_jsonable))
-
-
-def read_json(path):
-    """What the JSON file ``path`` holds; None if it is missing or not JSON (with a warning)."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
-        warn_unreadable(path, f"it is not JSON ({exc})")
-        return None
-
-
-def write_arrays(path, **arrays):
-    """Write ``arrays`` to ``path`` as an ``.npz`` file of plain arrays, atomically."""
-    with atomic_write(path) as file:
-        np.savez(file, **arrays)
-
-
-def read_arrays(path, names):
-    """The arrays ``names`` of the ``.npz`` file ``path``, read without pickle.
-
-    Returns None if the file is missing, or (with a warning) if it is not an
-    ``.npz`` file of plain arrays holding each of ``names``.
-    """
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in names}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        reason = exc
-    except (AttributeError, TypeError):  # np.load gave a single array, not an archive
-        reason = "it is not an .npz archive"
-    warn_unreadable(path, f"it is not an .npz file of plain arrays {list(names)} ({reason})")
-    return None
-
-
-def load_attack_cache(path):
-    """The attack cache saved in ``path``; an empty one if there is none or it is unreadable."""
-    path = Path(path)
-    if not path.exists():
-        return AttackCache()
-    try:
-        return AttackCache.load(path)
-    except ValueError as exc:
-        warn_unreadable(path, str(exc))
-        return AttackCache()
-
-
-def warn_unreadable(path, reason):
-    """Warn that the file ``path`` is ignored, and its content computed again."""
-    warnings.warn(f"Ignoring {path}: {reason}. What it held is computed again and the file "
-                  "replaced.", UserWarning, stacklevel=3)
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def table(header, rows):
-    """A Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def with_interval(value, interval, percent=False, digits=3):
-    """``value [low, high]``, as a percentage if asked."""
-    if value is None or np.isnan(value):
-        return "n/a"
-    f = (lambda v: f"{100 * v:.{max(digits - 2, 1)}f}%") if percent else (lambda v: f"{v:.{digits}f}")
-    if interval is None or np.isnan(interval[0]):
-        return f(value)
-    return f"{f(value)} [{f(interval[0])}, {f(interval[1])}]"
-

@@ -12,21 +12,19 @@ import sys
 from functools import partial
 from pathlib import Path
 
-import joblib
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from tqdm.auto import tqdm
 
-from .. import ResistanceAttack, make_detector
-from .._cache import _fingerprint
+from .. import ResistanceAttack, ResultStore, make_detector
 from .._nets import eval_mode
 from ..metrics import auroc, tpr_at_fpr
 from ..plotting import plot_boxplots, plot_image_grid, plot_roc_curves
-from ..scores import max_softmax
+from ..study import Measurements, markdown_table, measure, score_metrics, with_interval
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
-from ._report import call_repr, environment, keep_first_timings, load_attack_cache, \
-    parallel_backend, phase, read_arrays, scored, table, with_interval, write_arrays, write_report
+from ._report import call_repr, environment, header_markdown, parallel_backend, phase, \
+    settings_markdown, write_report
 
 #: The attacks crafted: name -> (torchattacks class, its parameters, options).
 #: FGSM and PGD-Linf at the customary MNIST budgets; PGD takes 40 steps of 2.5 * eps / 40
@@ -45,8 +43,6 @@ ATTACKS = {
 }
 ADAPTIVE, NON_ADAPTIVE = "high-confidence PGD eps=0.3", "PGD eps=0.3"
 FOLDS = 5
-#: Images handed to the resistance attack between two saves of its cache.
-CHUNK = 1024
 DETECTORS = ["Res_N", "Res_max", "Res_min (Attack as Defense)", "LR(resistance), out-of-fold",
              "max-softmax (baseline)", "LR(max-softmax), out-of-fold (baseline)"]
 #: The panels of the features figure. Heavy tails (never-flipped images reach |r| = 70) and
@@ -71,8 +67,9 @@ def import_torchattacks():
     return torchattacks
 
 
-def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, max_iter=500,
-                    n_resamples=1000, fast=False, n_jobs=None, scheduler=None, verbose=True):
+def run_adversarial(dataset, root, *, out, cache=None, download=False, seed=0, limit=1000,
+                    max_iter=500, n_resamples=1000, fast=False, n_jobs=None, scheduler=None,
+                    verbose=True):
     """Craft adversarial examples, measure resistance, and score the detectors.
 
     Parameters
@@ -81,8 +78,10 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
     root : path
         Folder that holds the torchvision raw files (``MNIST/raw``, ...).
     out : path
-        Output folder. The trained net, the adversarial examples and the
-        resistance results are cached there, so a rerun reuses them.
+        Output folder of the report.
+    cache : path or None, default=None
+        The :class:`~resistclf.ResultStore` folder for the trained net, the adversarial
+        examples and the resistance results; None means ``out/cache``.
     download : bool, default=False
         Let torchvision fetch missing files.
     seed : int, default=0
@@ -111,10 +110,11 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
     """
     torchattacks = import_torchattacks()
     out = Path(out)
+    store = ResultStore(out / "cache" if cache is None else cache)
     timings = {}
     with _phase("load the data and the reference net", timings, verbose):
         X_train, y_train, X_test, y_test = load_dataset(dataset, root, download=download)
-        net, net_info = reference_net(X_train, y_train, cache=out / "net.pt", seed=seed,
+        net, net_info = reference_net(X_train, y_train, store=store, seed=seed,
                                       verbose=verbose)
         module = net.module_
         correct = np.flatnonzero(net.predict(X_test) == y_test)
@@ -122,11 +122,10 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
         chosen = np.sort(rng.choice(correct, min(limit, len(correct)), replace=False))
         X, y = X_test[chosen], y_test[chosen]
 
-    cached = []
     with _phase("craft adversarial examples", timings, verbose):
-        crafted, from_cache = _crafted(torchattacks, module, X, y, seed,
-                                       out / "adversarial-examples.npz", verbose)
-        cached += ["craft adversarial examples"] if from_cache else []
+        crafted = store.arrays(
+            "adversarial-examples", (module, X, y, ATTACKS, seed, torchattacks.__version__),
+            lambda: _craft(torchattacks, module, X, y, seed, verbose))
         success = {name: _successful(module, crafted[name], y, name) for name in ATTACKS}
         adversarial = {name: crafted[name][success[name]] for name in ATTACKS}
 
@@ -134,56 +133,42 @@ def run_adversarial(dataset, root, *, out, download=False, seed=0, limit=1000, m
     attack = ResistanceAttack(max_iter=max_iter, **settings)
     with _phase("resistance of clean and adversarial images", timings, verbose), \
             parallel_backend(n_jobs, scheduler):
-        result, n_fresh = _resistance(attack, module, [X, *adversarial.values()],
-                                      out / "attack-cache.npz", verbose)
-        cached += [] if n_fresh else ["resistance of clean and adversarial images"]
+        # Labels do not matter here: only the attack's features and the logits are used.
+        measured = measure(net, np.concatenate([X, *adversarial.values()]), attack=attack,
+                           competitors=(), store=store, verbose=verbose)
     bounds = np.cumsum([0, len(X), *(len(a) for a in adversarial.values())])
-    clean = result[: bounds[1]]
-    per_attack = {name: result[bounds[i + 1]: bounds[i + 2]] for i, name in enumerate(ATTACKS)}
+    clean = measured[: bounds[1]]
+    per_attack = {name: measured[bounds[i + 1]: bounds[i + 2]]
+                  for i, name in enumerate(ATTACKS)}
 
     with _phase("detection metrics and bootstrap intervals", timings, verbose):
-        # 1 - max-softmax from the logits, in float64, so that it does not round to 0.
-        softmax_error = {"clean": max_softmax(_logits(module, X)),
-                         **{name: max_softmax(_logits(module, images))
-                            for name, images in adversarial.items() if len(images)}}
         analysis, scores = {}, {}
         for name in ATTACKS:
             analysis[name], scores[name] = _analyse(
-                clean, per_attack[name], softmax_error["clean"], softmax_error.get(name),
-                adversarial[name] - X[success[name]], seed, n_resamples)
+                clean, per_attack[name], adversarial[name] - X[success[name]], seed,
+                n_resamples)
     results = {
         "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "test_accuracy": float(len(correct) / len(X_test)),
-        "n_clean": int(len(X)), "net": net_info, "attack": attack.get_params(), "mode": mode, "fast": fast,
+        "n_clean": int(len(X)), "net": net_info, "attack": attack.get_params(), "mode": mode,
+        "fast": fast,
         "adversarial_attacks": {name: {"torchattacks": cls, "params": params, **options}
                                 for name, (cls, params, options) in ATTACKS.items()},
         "torchattacks": torchattacks.__version__, "folds": FOLDS,
         "n_resamples": n_resamples, "environment": environment(),
-        "clean": {"flip_rate": float(clean.flipped.mean()),
-                  "median": _medians(clean, softmax_error["clean"])},
+        "clean": {"flip_rate": float(clean.attacks[0].flipped.mean()),
+                  "median": _medians(clean)},
         "attacks": analysis,
     }
     with _phase("figures and report", timings, verbose):
-        figures = _figures(X, y, clean, per_attack, softmax_error, crafted, module, scores)
-    keep_first_timings(out, timings, cached)
+        figures = _figures(X, y, clean, per_attack, crafted, module, scores)
     results["seconds"] = timings
     write_report(out, _markdown(results), results, figures)
     return results
 
 
-def _crafted(torchattacks, module, X, y, seed, path, verbose):
-    """Each attack's adversarial version of every image in X, cached in ``path``.
-
-    The cache is an ``.npz`` file of plain arrays: the key of what it was computed
-    from, the attacks' names and their examples, stacked. Returns the examples and
-    whether they came from the cache.
-    """
-    key = joblib.hash((_fingerprint(module), X, y, ATTACKS, seed, torchattacks.__version__))
-    saved = read_arrays(path, ["key", "names", "examples"])
-    if saved is not None and str(saved["key"]) == key \
-            and saved["names"].tolist() == list(ATTACKS) \
-            and saved["examples"].shape == (len(ATTACKS), *X.shape):
-        return dict(zip(ATTACKS, saved["examples"])), True
+def _craft(torchattacks, module, X, y, seed, verbose):
+    """Each attack's adversarial version of every image in X."""
     images, labels = torch.from_numpy(np.array(X)), torch.from_numpy(np.array(y))
     examples = {}
     with eval_mode(module):
@@ -195,9 +180,7 @@ def _crafted(torchattacks, module, X, y, seed, path, verbose):
             with torch.random.fork_rng():  # PGD's random start
                 torch.manual_seed(seed)
                 examples[name] = crafter(images, labels).detach().numpy()
-    write_arrays(path, key=np.array(key), names=np.array(list(ATTACKS)),
-                 examples=np.stack(list(examples.values())))
-    return examples, False
+    return examples
 
 
 def _runner_up(module, images, labels):
@@ -205,13 +188,9 @@ def _runner_up(module, images, labels):
         return module(images).topk(2, dim=1).indices[:, 1]
 
 
-def _logits(module, images):
-    with eval_mode(module), torch.no_grad():
-        return module(torch.from_numpy(np.array(images)))
-
-
 def _softmax(module, images):
-    return _logits(module, images).softmax(dim=1).numpy()
+    with eval_mode(module), torch.no_grad():
+        return module(torch.from_numpy(np.array(images))).softmax(dim=1).numpy()
 
 
 def _successful(module, adversarial, y, name):
@@ -222,35 +201,19 @@ def _successful(module, adversarial, y, name):
     return ok & (proba.max(axis=1) >= min_confidence) if min_confidence else ok
 
 
-def _resistance(attack, module, parts, path, verbose):
-    """The resistance attack on every image of ``parts``, cached in ``path`` as it goes.
-
-    Returns the result and the number of images that were not cached yet.
-    """
-    cache = load_attack_cache(path)
-    before = len(cache)
-    images = np.concatenate(parts)
-    for start in tqdm(range(0, len(images), CHUNK), desc="resistance attack",
-                      unit=f"x{CHUNK} images", disable=not verbose):
-        cache.attack(attack, module, images[start: start + CHUNK])
-        cache.save(path)
-    return cache.attack(attack, module, images), len(cache) - before
-
-
 METRICS = {"auroc": auroc, "tpr_at_5_fpr": partial(tpr_at_fpr, fpr=0.05)}
 
 
-def _medians(result, softmax_error):
+def _medians(measured):
+    result, scores = measured.attacks[0], measured.error_scores()
     return {"Res_N": float(np.median(result.res_n)), "Res_max": float(np.median(result.res_max)),
             "Res_min": float(np.median(result.res_min)),
-            "1 - max-softmax": float(np.median(softmax_error))}
+            "1 - max-softmax": float(np.median(scores["max-softmax"]))}
 
 
-def _analyse(clean, adv, clean_softmax_error, adv_softmax_error, delta, seed, n_resamples):
+def _analyse(clean, adv, delta, seed, n_resamples):
     """One attack's success, and each detector's clean-versus-adversarial scores.
 
-    ``clean_softmax_error`` and ``adv_softmax_error`` are ``1 - max-softmax`` of the clean
-    and the successful adversarial images (None if there are none).
     Returns the summary for ``results.json`` and the per-image scores (None if the
     attack succeeded fewer than twice).
     """
@@ -260,15 +223,15 @@ def _analyse(clean, adv, clean_softmax_error, adv_softmax_error, delta, seed, n_
         "success": {"count": n_pos, "of": len(clean), "value": n_pos / len(clean)},
         "median_l2": float(np.median(np.linalg.norm(flat, axis=1))) if n_pos else np.nan,
         "median_linf": float(np.median(np.abs(flat).max(axis=1))) if n_pos else np.nan,
-        "resistance_flip_rate": float(adv.flipped.mean()) if n_pos else np.nan,
-        "median": _medians(adv, adv_softmax_error) if n_pos else None,
+        "resistance_flip_rate": float(adv.attacks[0].flipped.mean()) if n_pos else np.nan,
+        "median": _medians(adv) if n_pos else None,
         "detection": None,
     }
     if n_pos < 2:
         return summary, None
+    both = Measurements.concatenate([clean, adv])
     is_adv = np.r_[np.zeros(len(clean), bool), np.ones(n_pos, bool)]
-    features = np.vstack([clean.features, adv.features])
-    softmax_error = np.r_[clean_softmax_error, adv_softmax_error]
+    error_scores = both.error_scores()
     folds = StratifiedKFold(min(FOLDS, n_pos), shuffle=True, random_state=seed)
 
     def out_of_fold(X):
@@ -276,16 +239,18 @@ def _analyse(clean, adv, clean_softmax_error, adv_softmax_error, delta, seed, n_
                                  is_adv, cv=folds, method="predict_proba")[:, 1]
 
     # Adversarial examples are expected near a decision boundary: low resistance and low
-    # confidence point to them. The learned detectors pick their own direction, so the
-    # one on max-softmax is the fair baseline for the one on resistance.
-    scores = dict(zip(DETECTORS, [-features[:, 0], -features[:, 1], -features[:, 2],
-                                  out_of_fold(features), softmax_error,
-                                  out_of_fold(softmax_error[:, None])]))
-    summary["detection"] = scored(METRICS, is_adv, scores, n_resamples=n_resamples, seed=seed)
+    # confidence point to them, as to errors. The learned detectors pick their own
+    # direction, so the one on max-softmax is the fair baseline for the one on resistance.
+    scores = dict(zip(DETECTORS, [
+        error_scores["Res_N"], error_scores["Res_max"], error_scores["Res_min"],
+        out_of_fold(both.attacks[0].features), error_scores["max-softmax"],
+        out_of_fold(error_scores["max-softmax"][:, None])]))
+    summary["detection"] = score_metrics(is_adv, scores, metrics=METRICS,
+                                         n_resamples=n_resamples, random_state=seed)
     return summary, (is_adv, scores)
 
 
-def _figures(X, y, clean, per_attack, softmax_error, crafted, module, scores):
+def _figures(X, y, clean, per_attack, crafted, module, scores):
     import matplotlib.pyplot as plt
 
     columns = 4
@@ -302,12 +267,14 @@ def _figures(X, y, clean, per_attack, softmax_error, crafted, module, scores):
         ax.axis("off")
     roc.tight_layout()
 
-    def values(result, group):
-        return [result.res_n, result.res_max, result.res_min.astype(float), softmax_error[group]]
+    def values(measured):
+        result = measured.attacks[0]
+        return [result.res_n, result.res_max, result.res_min.astype(float),
+                measured.error_scores()["max-softmax"]]
 
-    groups = {"clean": values(clean, "clean"),
-              **{name: values(result, name) for name, result in per_attack.items()
-                 if len(result)}}
+    groups = {"clean": values(clean),
+              **{name: values(measured) for name, measured in per_attack.items()
+                 if len(measured)}}
     shown = np.arange(min(4, len(X)))
     images, titles = [], []
     for i in shown:
@@ -337,9 +304,8 @@ def _markdown(r):
         return [name, f"{a['success']['count']} of {a['success']['of']}", *cells]
 
     header = ["attack", "successful", *DETECTORS]
-    lines = [
-        f"# Detecting adversarial examples by their resistance, on {dataset}",
-        "",
+    lines = [header_markdown(
+        f"Detecting adversarial examples by their resistance, on {dataset}", r,
         f"Reference CNN ({r['net']['architecture']}, {r['net']['optimizer']}, "
         f"{r['net']['epochs']} epochs, seed {r['seed']}) trained on **{r['n_train']:,} training "
         f"images**; test accuracy {100 * r['test_accuracy']:.2f}% on {r['n_test']:,} test "
@@ -349,13 +315,7 @@ def _markdown(r):
         "the successful adversarial examples of one attack (positive). Resistance attack: "
         f"{r['attack']['max_iter']} steps of size {r['attack']['step_size']}, "
         f"{r['attack']['norm'].upper()} norm, the same as for error detection; "
-        f"{mode_sentence(r['mode'], r['dataset'], r['fast'])}. Brackets hold "
-        f"bootstrap 95% intervals ({r['n_resamples']} resamples of the images).",
-        "",
-    ]
-    if r["dataset"] == "mnist" and r["n_train"] < 60000:
-        lines += [f"MNIST's training split here holds only the first {r['n_train']:,} of the "
-                  "official 60,000 images.", ""]
+        f"{mode_sentence(r['mode'], r['dataset'], r['fast'])}.")]
     lines += [
         "Res_min, the number of steps until the prediction first changes, is the detector of "
         "\"Attack as Defense\" (Zhao et al., ISSTA 2021), the published anchor. A single feature "
@@ -368,11 +328,11 @@ def _markdown(r):
         "",
         "## AUROC, clean vs adversarial",
         "",
-        table(header, [metric_row(name, "auroc") for name in attacks]),
+        markdown_table(header, [metric_row(name, "auroc") for name in attacks]),
         "",
         "## True-positive rate at 5% false-positive rate",
         "",
-        table(header, [metric_row(name, "tpr_at_5_fpr") for name in attacks]),
+        markdown_table(header, [metric_row(name, "tpr_at_5_fpr") for name in attacks]),
         "",
         "![ROC curves](roc.png)",
         "",
@@ -385,7 +345,7 @@ def _markdown(r):
               "obvious way to evade a confidence-based detector. Its AUROC beside the plain "
               f"{NON_ADAPTIVE}:", ""]
     if adaptive["detection"] and plain["detection"]:
-        lines += [table(["detector", NON_ADAPTIVE, ADAPTIVE], [
+        lines += [markdown_table(["detector", NON_ADAPTIVE, ADAPTIVE], [
             [d, *(with_interval(a["detection"][d]["auroc"]["value"],
                                 a["detection"][d]["auroc"]["ci"]) for a in (plain, adaptive))]
             for d in DETECTORS]), ""]
@@ -397,10 +357,10 @@ def _markdown(r):
         f"The resistance attack itself changed the prediction of "
         f"{100 * r['clean']['flip_rate']:.1f}% of the clean images.",
         "",
-        table(["attack", "torchattacks", "successful", "median L2", "median Linf",
-               "resistance attack flipped", "median Res_N", "median Res_min",
-               "median 1 - max-softmax"],
-              [["clean", "", "", "", "", f"{100 * r['clean']['flip_rate']:.1f}%",
+        markdown_table(["attack", "torchattacks", "successful", "median L2", "median Linf",
+                        "resistance attack flipped", "median Res_N", "median Res_min",
+                        "median 1 - max-softmax"],
+                       [["clean", "", "", "", "", f"{100 * r['clean']['flip_rate']:.1f}%",
                 *(f"{r['clean']['median'][k]:.3g}" for k in MEDIANS)]]
               + [[name, call_repr(spec["torchattacks"], spec["params"]),
                   with_interval(a["success"]["value"], None, percent=True),
@@ -416,16 +376,8 @@ def _markdown(r):
         "![Clean images and their adversarial versions (prediction and confidence)]"
         "(examples.png)",
         "",
-        "## Settings, versions and timings",
-        "",
-        f"- Resistance attack: `{call_repr('ResistanceAttack', r['attack'])}`",
-        f"- Net: {', '.join(f'{k} {v}' for k, v in r['net'].items())}",
-        f"- Versions: torchattacks {r['torchattacks']}, "
-        f"{', '.join(f'{k} {v}' for k, v in r['environment'].items() if k != 'machine')}",
-        f"- Machine: {r['environment']['machine']}",
-        f"- Seed {r['seed']}; wall time per phase (s), as first computed: "
-        + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()),
-        "",
+        settings_markdown({**r, "environment": {
+            "torchattacks": r["torchattacks"], **r["environment"]}}),
     ]
     return "\n".join(lines)
 
@@ -437,7 +389,8 @@ def main(args):
         import_torchattacks()
     except ImportError as exc:
         sys.exit(f"resistclf adversarial: error: {exc}")
-    run_adversarial(args.dataset, args.root, out=out, download=args.download, seed=args.seed,
+    run_adversarial(args.dataset, args.root, out=out, cache=args.cache, download=args.download,
+                    seed=args.seed,
                     limit=args.limit, max_iter=args.max_iter, n_resamples=args.n_resamples,
                     fast=args.fast, n_jobs=args.n_jobs, scheduler=args.scheduler,
                     verbose=not args.quiet)

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import clone
-from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import ResistanceAttack, ResistanceClassifier, make_detector
+from .. import ResistanceAttack, ResultStore, make_detector
 from ..metrics import auroc, bootstrap_interval, detection_metrics
 from ..models import SimpleCNN
+from ..scores import resistance_error_scores
+from ..study import markdown_table, measure, resistance_key
 from ._reference import ATTACK_MODES, load_dataset, reference_net
-from ._report import environment, load_attack_cache, read_json, table, write_json, write_text
+from ._report import environment, write_json, write_text
 
 PRECISIONS = ("float32", "bfloat16")
 #: Memory formats timed: the default, and ``channels_last=True``.
@@ -214,8 +214,8 @@ FEATURE_LABELS = {"res_n": "Res_N", "res_max": "Res_max", "res_min": "Res_min",
                   "res_mean": "Res_mean"}
 
 
-def attack_every_mode(dataset, root, out, *, max_iter=500, seed=0, verbose=True):
-    """Each mode of ``ATTACK_MODES`` on the whole test set, ranks 0 to 2, cached in ``out``.
+def attack_every_mode(dataset, root, store, *, max_iter=500, seed=0, verbose=True):
+    """Each mode of ``ATTACK_MODES`` on the whole test set, ranks 0 to 2, kept in ``store``.
 
     Returns
     -------
@@ -226,45 +226,30 @@ def attack_every_mode(dataset, root, out, *, max_iter=500, seed=0, verbose=True)
     info : dict
         The net's training record and each mode's wall time per rank, as first measured.
     """
-    out = Path(out)
     X_train, y_train, X, y = load_dataset(dataset, root)
-    net, net_info = reference_net(X_train, y_train, cache=out / "net.pt", seed=seed,
-                                  verbose=verbose)
-    cache_path, timings_path = out / "attack-cache.npz", out / "timings.json"
-    cache = load_attack_cache(cache_path)
-    timings = read_json(timings_path) or {}
+    net, net_info = reference_net(X_train, y_train, store=store, seed=seed, verbose=verbose)
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
-    runs = {}
+    runs, timings = {}, {}
     for mode, settings in ATTACK_MODES.items():
-        clf = ResistanceClassifier(FrozenEstimator(net), cache=cache, random_state=seed,
-                                   attack=ResistanceAttack(max_iter=max_iter, verbose=verbose,
-                                                           **settings))
-        # Fitting on the test set attacks it (rank 0); the folds below refit the detector.
-        for rank, step in enumerate([lambda: clf.fit(X, y),
-                                     lambda: clf.attack_results(X, rank=1),
-                                     lambda: clf.attack_results(X, rank=2)]):
-            before, start = len(cache), time.perf_counter()
-            step()
-            if len(cache) > before:
-                timings[f"{mode}, rank {rank}"] = round(time.perf_counter() - start, 1)
-                cache.save(cache_path)
-                write_json(timings_path, timings, indent=1)
-        result = clf.attack_results(X)
-        is_error = clf.classes_[result.c0] != y
-        corrected = np.empty_like(y)
-        for train, held in folds.split(X, y):
-            corrected[held] = clone(clf).fit(X[train], y[train]).predict(X[held])
-        top5 = clf.predict_topk(X, k=5)
+        measured = measure(net, X, y, attack=ResistanceAttack(max_iter=max_iter, **settings),
+                           ranks=3, competitors=(), store=store, verbose=verbose)
+        result, is_error = measured.attacks[0], measured.is_error
+        truth = measured.y[:, None]
+        top5 = measured.topk_labels(5)
+        for rank in range(3):
+            timings[f"{mode}, rank {rank}"] = round(float(measured.seconds[
+                resistance_key(rank)].sum()), 1)
         runs[mode] = {
             "is_error": is_error,
             **{name: getattr(result, name).astype(float) for name in FEATURE_LABELS},
             "detector": cross_val_predict(make_detector(), result.features, is_error,
                                           cv=folds, method="predict_proba")[:, 1],
-            "recovered": is_error & (clf.classes_[result.adversarial_class] == y),
-            "top2_miss": ~(top5[:, :2] == y[:, None]).any(axis=1),
-            "top5_miss": ~(top5 == y[:, None]).any(axis=1),
-            "corrected_right": corrected == y,
-            "seconds": sum(timings.get(f"{mode}, rank {rank}", np.nan) for rank in range(3)),
+            "recovered": is_error & (result.adversarial_class == measured.y),
+            "top2_miss": ~(top5[:, :2] == truth).any(axis=1),
+            "top5_miss": ~(top5 == truth).any(axis=1),
+            "corrected_right": measured.corrected_predictions(
+                folds=FOLDS, random_state=seed) == measured.y,
+            "seconds": sum(timings[f"{mode}, rank {rank}"] for rank in range(3)),
         }
     return runs, y, {"net": net_info, "timings": timings}
 
@@ -272,6 +257,7 @@ def attack_every_mode(dataset, root, out, *, max_iter=500, seed=0, verbose=True)
 def _conclusions():
     """The study's conclusions: name -> (kind, statistic of one mode's per-image arrays)."""
     def feature_metric(key, feature):
+        # Low resistance means a likely error: the error score is the negated feature.
         return lambda r: detection_metrics(r["is_error"], -r[feature])[key]
 
     quantities = {}
@@ -329,7 +315,7 @@ def judge_modes(runs, *, n_resamples=1000, seed=0):
     return judged
 
 
-def mode_speedups(dataset, root, out, *, max_iter=500, n_images=SPEED_IMAGES, seed=0,
+def mode_speedups(dataset, root, store, *, max_iter=500, n_images=SPEED_IMAGES, seed=0,
                    verbose=True):
     """Each mode's speedup over exact mode, all timed in one run on the same images.
 
@@ -340,8 +326,7 @@ def mode_speedups(dataset, root, out, *, max_iter=500, n_images=SPEED_IMAGES, se
     X_train, y_train, X, _ = load_dataset(dataset, root)
     n_images = min(n_images, len(X))
     X = X[np.sort(np.random.RandomState(seed).choice(len(X), n_images, replace=False))]
-    net, _ = reference_net(X_train, y_train, cache=Path(out) / "net.pt", seed=seed,
-                           verbose=verbose)
+    net, _ = reference_net(X_train, y_train, store=store, seed=seed, verbose=verbose)
     seconds = {}
     for mode, settings in ATTACK_MODES.items():
         attack = ResistanceAttack(max_iter=max_iter, verbose=verbose, **settings)
@@ -353,30 +338,24 @@ def mode_speedups(dataset, root, out, *, max_iter=500, n_images=SPEED_IMAGES, se
             "speedup": {mode: seconds["exact"] / value for mode, value in seconds.items()}}
 
 
-def kernel_stability(dataset, root, out, *, max_iter=500, seed=0, verbose=True):
+def kernel_stability(dataset, root, store, *, max_iter=500, seed=0, verbose=True):
     """How much each feature moves when only the kernels change: exact mode at batch size 256
     against batch size 128 and against channels-last, on the first ``STABILITY_IMAGES`` test
     images, with each feature's error-detection AUROC in every setting."""
-    out = Path(out)
     X_train, y_train, X, y = load_dataset(dataset, root)
     X, y = X[:STABILITY_IMAGES], y[:STABILITY_IMAGES]
-    net, _ = reference_net(X_train, y_train, cache=out / "net.pt", seed=seed, verbose=verbose)
-    cache_path = out / "attack-cache.npz"
-    cache = load_attack_cache(cache_path)
+    net, _ = reference_net(X_train, y_train, store=store, seed=seed, verbose=verbose)
     settings = {"batch size 256 (exact)": {}, "batch size 128": {"batch_size": 128},
                 "channels last": {"channels_last": True}}
-    results = {}
-    for name, options in settings.items():
-        before = len(cache)
-        attack = ResistanceAttack(max_iter=max_iter, verbose=verbose, **options)
-        results[name] = cache.attack(attack, net.module_, X)
-        if len(cache) > before:
-            cache.save(cache_path)
+    results = {name: measure(net, X, y, attack=ResistanceAttack(max_iter=max_iter, **options),
+                             competitors=(), store=store, verbose=verbose).attacks[0]
+               for name, options in settings.items()}
     reference = results["batch size 256 (exact)"]
     is_error = net.classes_[reference.c0] != y
     table = {}
     for name, result in results.items():
-        row = {f"auroc_{f}": detection_metrics(is_error, -getattr(result, f))["auroc"]
+        scores = resistance_error_scores(result, FEATURE_LABELS)
+        row = {f"auroc_{f}": detection_metrics(is_error, scores[f])["auroc"]
                for f in FEATURE_LABELS}
         for feature in ("res_n", "res_max", "res_mean"):
             a, b = getattr(result, feature), getattr(reference, feature)
@@ -391,12 +370,14 @@ def kernel_stability(dataset, root, out, *, max_iter=500, seed=0, verbose=True):
 
 # ------------------------------------------------------------------------------ the command
 
-def run_bench(*, root=None, out="results/bench", device="cpu", batch_sizes=(32, 64, 128, 256,
-              512), steps=20, datasets=("mnist", "fashion-mnist"), max_iter=500, n_resamples=1000,
-              seed=0, verbose=True):
+def run_bench(*, root=None, out="results/bench", cache=None, device="cpu",
+              batch_sizes=(32, 64, 128, 256, 512), steps=20, datasets=("mnist", "fashion-mnist"),
+              max_iter=500, n_resamples=1000, seed=0, verbose=True):
     """Measure the attack's speed; with ``root``, also judge the fast modes on real test sets.
 
-    Returns the results, also written to ``out/bench.json``.
+    The trained nets and the whole-test-set attacks are kept in the
+    :class:`~resistclf.ResultStore` ``cache`` (None means ``out/cache``). Returns the
+    results, also written to ``out/bench.json``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -406,10 +387,10 @@ def run_bench(*, root=None, out="results/bench", device="cpu", batch_sizes=(32, 
         if verbose:
             print(f"[bench] {text}", file=sys.stderr)
 
+    store = ResultStore(out / "cache" if cache is None else cache)
     if root is not None:
         X_train, y_train, X_test, _ = load_dataset("mnist", root)
-        net, _ = reference_net(X_train, y_train, cache=out / "mnist" / "net.pt", seed=seed,
-                               verbose=verbose)
+        net, _ = reference_net(X_train, y_train, store=store, seed=seed, verbose=verbose)
         module, net_name = net.module_, "reference MNIST CNN (trained)"
     else:
         torch.manual_seed(seed)
@@ -478,12 +459,12 @@ def run_bench(*, root=None, out="results/bench", device="cpu", batch_sizes=(32, 
         results["modes"], results["stability"] = {}, {}
         for dataset in datasets:
             log(f"{dataset}: every mode on the whole test set, ranks 0 to 2")
-            runs, _, info = attack_every_mode(dataset, root, out / dataset, max_iter=max_iter,
+            runs, _, info = attack_every_mode(dataset, root, store, max_iter=max_iter,
                                               seed=seed, verbose=verbose)
             log(f"{dataset}: paired bootstrap of each conclusion")
             judged = judge_modes(runs, n_resamples=n_resamples, seed=seed)
             log(f"{dataset}: every mode timed in one run on {SPEED_IMAGES} images")
-            speed = mode_speedups(dataset, root, out / dataset, max_iter=max_iter, seed=seed,
+            speed = mode_speedups(dataset, root, store, max_iter=max_iter, seed=seed,
                                   verbose=verbose)
             for mode, verdict in judged.items():
                 verdict["speedup"] = speed["speedup"][mode]
@@ -492,7 +473,7 @@ def run_bench(*, root=None, out="results/bench", device="cpu", batch_sizes=(32, 
                                          "speed_seconds": speed["seconds"], **judged}
             log(f"{dataset}: features across kernels")
             results["stability"][dataset] = kernel_stability(
-                dataset, root, out / dataset, max_iter=max_iter, seed=seed, verbose=verbose)
+                dataset, root, store, max_iter=max_iter, seed=seed, verbose=verbose)
         results["fast_mode"] = fastest_equivalent_modes(results["modes"])
     write_json(out / "bench.json", results)
     return results
@@ -536,7 +517,7 @@ def format_tables(results):
                  f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in results["peak_flops"].items())
              + "; FLOPs per image-step (forward + input gradient): " + ", ".join(
                  f"{p} {v / 1e6:.1f} M" for p, v in results["flops_per_image_step"].items()), ""]
-    lines.append(table(
+    lines.append(markdown_table(
         ["precision", "layout", "batch size", "image-steps/s", "share of peak",
          "peak memory (MiB)"],
         [[r["precision"], r["layout"], r["batch_size"], f"{r['image_steps_per_s']:,.0f}",
@@ -549,7 +530,7 @@ def format_tables(results):
               f"({peers['batch_size']}), {results['steps']} steps: one forward and one backward "
               "pass per image and step (resistclf makes one extra forward pass). Ratios above 1 "
               "mean resistclf is faster; all measured in this run.", "",
-              table(["attack", "image-steps/s", *(f"resistclf {m} / it" for m in ours)],
+              markdown_table(["attack", "image-steps/s", *(f"resistclf {m} / it" for m in ours)],
                     [[f"resistclf, {m}", f"{rate:,.0f}",
                       *(f"{other / rate:.2f}" for other in ours.values())]
                      for m, rate in ours.items()]
@@ -559,7 +540,7 @@ def format_tables(results):
                         *(f"{rate / p['image_steps_per_s']:.2f}" for rate in ours.values())]
                        for name, p in peers["peers"].items()])]
     alt = results["alternatives"]
-    lines += ["", table(["loop", "image-steps/s", "ratio"], [
+    lines += ["", markdown_table(["loop", "image-steps/s", "ratio"], [
         ["resistclf, best float32 batch", f"{alt['ours_image_steps_per_s']:,.0f}", "1"],
         ["per-image loop", f"{alt['naive_per_image_image_steps_per_s']:,.0f}",
          f"resistclf is {alt['speedup_over_naive']:.1f}x faster"],
@@ -583,7 +564,7 @@ def format_tables(results):
                   "as first measured (other work was running on the machine at times); "
                   f"speedup: all modes timed in one run on the same {judged['speed_images']} "
                   "random test images, ranks 0-2.", "",
-                  table(["conclusion", "exact", *modes],
+                  markdown_table(["conclusion", "exact", *modes],
                         [[name, _cell(judged["exact"]["conclusions"][name]),
                           *(_cell(judged[m]["conclusions"][name]) for m in modes)]
                          for name in judged["exact"]["conclusions"]]
@@ -601,7 +582,7 @@ def format_tables(results):
                   f"({stability['n_errors']} errors), at batch size 256 and with only the "
                   "kernels changed. Share of images whose feature is within 2% (1%) of batch "
                   "size 256's, and each feature's error-detection AUROC.", "",
-                  table(["setting", "Res_N", "Res_max", "Res_mean", "Res_min identical",
+                  markdown_table(["setting", "Res_N", "Res_max", "Res_mean", "Res_min identical",
                          "adv. class identical", *(f"AUROC {v}" for v in FEATURE_LABELS.values())],
                         [[name, *(f"{100 * row[f'{f}_within_2pct']:.1f}% "
                                   f"({100 * row[f'{f}_within_1pct']:.1f}%)"
@@ -620,7 +601,8 @@ def format_tables(results):
 
 def main(args):
     """Entry point of ``resistclf bench``."""
-    results = run_bench(root=args.root, out=args.out, device=args.device, steps=args.steps,
+    results = run_bench(root=args.root, out=args.out, cache=args.cache, device=args.device,
+                        steps=args.steps,
                         batch_sizes=args.batch_sizes, datasets=args.datasets,
                         max_iter=args.max_iter, n_resamples=args.n_resamples,
                         verbose=not args.quiet)

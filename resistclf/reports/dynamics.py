@@ -6,7 +6,6 @@ CNN trains with :class:`~resistclf.ResistanceMonitor`, which attacks a fixed sub
 images after every epoch; each quantity is plotted against the epoch, beside max-softmax.
 """
 
-import json
 import math
 from functools import partial
 from pathlib import Path
@@ -14,21 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import ResistanceAttack, ResistanceMonitor
+from .. import ResistanceAttack, ResistanceMonitor, ResultStore
 from ..models import SimpleCNN, make_net
 from ..plotting import plot_curves
+from ..study import markdown_table
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence
-from ._report import (
-    call_repr,
-    environment,
-    keep_first_timings,
-    parallel_backend,
-    phase,
-    read_json,
-    table,
-    write_json,
-    write_report,
-)
+from ._report import environment, parallel_backend, phase, settings_markdown, write_report
 
 #: History keys shown in skorch's epoch log; the monitor records more.
 LOGGED = ["accuracy", "n_errors", "auroc_res_n", "auroc_max_softmax", "seconds"]
@@ -38,8 +28,8 @@ RES_N_PANEL = "Res_N: median and 10-90% band (log scale)"
 _phase = partial(phase, "dynamics")
 
 
-def run_dynamics(dataset, root, *, out, download=False, seed=0, limit=300, epochs=10,
-                 max_iter=500, fast=False, n_jobs=None, scheduler=None, verbose=True):
+def run_dynamics(dataset, root, *, out, cache=None, download=False, seed=0, limit=300,
+                 epochs=10, max_iter=500, fast=False, n_jobs=None, scheduler=None, verbose=True):
     """Train the reference CNN with a :class:`ResistanceMonitor` and report each epoch.
 
     Parameters
@@ -48,8 +38,11 @@ def run_dynamics(dataset, root, *, out, download=False, seed=0, limit=300, epoch
     root : path
         Folder that holds the torchvision raw files (``MNIST/raw``, ...).
     out : path
-        Output folder. The training history is cached there (``history.json``),
-        so a rerun with the same settings only redraws the report.
+        Output folder of the report.
+    cache : path or None, default=None
+        The :class:`~resistclf.ResultStore` folder where the training history is
+        kept, so that a rerun with the same settings only redraws the report;
+        None means ``out/cache``.
     download : bool, default=False
         Let torchvision fetch missing files.
     seed : int, default=0
@@ -75,6 +68,7 @@ def run_dynamics(dataset, root, *, out, download=False, seed=0, limit=300, epoch
         What ``results.json`` holds.
     """
     out = Path(out)
+    store = ResultStore(out / "cache" if cache is None else cache)
     timings = {}
     with _phase("load the data", timings, verbose):
         X_train, y_train, X_test, y_test = load_dataset(dataset, root, download=download)
@@ -91,27 +85,20 @@ def run_dynamics(dataset, root, *, out, download=False, seed=0, limit=300, epoch
             "n_val": int(len(X_val)), "mode": mode, "fast": fast, "attack": attack.get_params()}
     training = f"train {epochs} epochs, attacking {len(X_val)} images after each"
     with _phase(training, timings, verbose), parallel_backend(n_jobs, scheduler):
-        history, from_cache = _history(X_train, y_train, X_val, y_val, attack, info,
-                                       out / "history.json", verbose)
+        history = store.json("history", (info, X_train, y_train, X_val, y_val),
+                             lambda: _history(X_train, y_train, X_val, y_val, attack, info,
+                                              verbose))
     results = {"dataset": dataset, **info, "n_test": int(len(X_test)),
                "history": history, "environment": environment()}
     with _phase("figures and report", timings, verbose):
         figures = {"dynamics": _figure(history)}
-    keep_first_timings(out, timings, [training] if from_cache else [])
     results["seconds"] = timings
     write_report(out, _markdown(results), results, figures)
     return results
 
 
-def _history(X_train, y_train, X_val, y_val, attack, info, path, verbose):
-    """The per-epoch history of the monitored training, cached in ``path``.
-
-    Returns the history and whether it came from the cache.
-    """
-    saved = read_json(path)
-    if isinstance(saved, dict) and saved.get("info") == json.loads(json.dumps(info)) \
-            and isinstance(saved.get("history"), list):
-        return saved["history"], True
+def _history(X_train, y_train, X_val, y_val, attack, info, verbose):
+    """The per-epoch history of the monitored training; a run cut short stops the command."""
     monitor = ResistanceMonitor(X_val, y_val, attack=attack)
     net = make_net(SimpleCNN, max_epochs=info["epochs"], verbose=int(verbose),
                    n_classes=int(y_train.max()) + 1)
@@ -122,10 +109,12 @@ def _history(X_train, y_train, X_val, y_val, attack, info, path, verbose):
     with torch.random.fork_rng():
         torch.manual_seed(info["seed"])
         net.fit(X_train, y_train)
-    history = [{key: value for key, value in epoch.items() if key != "batches"}
-               for epoch in net.history.to_list()]
-    write_json(path, {"info": info, "history": history}, indent=1)
-    return history, False
+    if len(net.history) < info["epochs"]:
+        raise KeyboardInterrupt(
+            f"Training stopped after {len(net.history)} of {info['epochs']} epochs "
+            "(interrupted); its history was not kept. Run the command again.")
+    return [{key: value for key, value in epoch.items() if key != "batches"}
+            for epoch in net.history.to_list()]
 
 
 def _series(history, key):
@@ -186,7 +175,7 @@ def _markdown(r):
         "",
         "## Early in training against late",
         "",
-        table(["", f"epoch {first['epoch']}", f"epoch {last['epoch']}"], [
+        markdown_table(["", f"epoch {first['epoch']}", f"epoch {last['epoch']}"], [
             ["validation accuracy", _fmt(get(first, "accuracy")), _fmt(get(last, "accuracy"))],
             ["errors", get(first, "n_errors"), get(last, "n_errors")],
             ["mean Res_N, correct", _fmt(get(first, "res_n_mean_correct")),
@@ -207,7 +196,7 @@ def _markdown(r):
         "",
         "## Every epoch",
         "",
-        table(["epoch", "train loss", "accuracy", "errors", "Res_N q10/q50/q90, correct",
+        markdown_table(["epoch", "train loss", "accuracy", "errors", "Res_N q10/q50/q90, correct",
                "Res_N q10/q50/q90, incorrect", "AUROC Res_N", "AUROC max-softmax",
                "correction rate", "flipped", "monitor s"],
               [[e["epoch"], _fmt(e["train_loss"], 4), _fmt(get(e, "accuracy")),
@@ -219,17 +208,10 @@ def _markdown(r):
                 _fmt(get(e, "correction_rate")), _fmt(get(e, "flip_rate")),
                 _fmt(get(e, "seconds"), 1)] for e in h]),
         "",
-        "## Settings, versions and timings",
+        f"The training epochs took {sum(e['dur'] for e in h):.0f} s (skorch's `dur`) and the "
+        f"monitor {sum(get(e, 'seconds') for e in h):.0f} s, as first computed.",
         "",
-        f"- Attack: `{call_repr('ResistanceAttack', r['attack'])}`",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in r["environment"].items()
-                                   if k != "machine"),
-        f"- Machine: {r['environment']['machine']}",
-        f"- Seed {r['seed']}; the training epochs took {sum(e['dur'] for e in h):.0f} s "
-        f"(skorch's `dur`) and the monitor {sum(get(e, 'seconds') for e in h):.0f} s; wall "
-        "time per phase (s), as first computed: "
-        + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()),
-        "",
+        settings_markdown(r, nets={}),
     ]
     return "\n".join(lines)
 
@@ -237,6 +219,7 @@ def _markdown(r):
 def main(args):
     """Entry point of ``resistclf dynamics``."""
     out = args.out or f"results/dynamics-{args.dataset}"
-    run_dynamics(args.dataset, args.root, out=out, download=args.download, seed=args.seed,
+    run_dynamics(args.dataset, args.root, out=out, cache=args.cache, download=args.download,
+                 seed=args.seed,
                  limit=args.limit, epochs=args.epochs, max_iter=args.max_iter, fast=args.fast,
                  n_jobs=args.n_jobs, scheduler=args.scheduler, verbose=not args.quiet)

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+
+from resistclf.cli import main
+from resistclf.datasets import corrupt, load_fashion_mnist, load_mnist
+from resistclf.reports.shift import run_shift
+
+from .conftest import copy_net
+
+CORRUPTIONS = ("shot_noise", "rotate", "fog")
+COMPETITORS = ("input-space margin", "DeepFool", "FMN-L2")
+
+
+@pytest.fixture(scope="module")
+def report(fake_mnist_root, fake_mnist_net, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shift")
+    copy_net(fake_mnist_net, out / "cache")
+    return out, run_shift("mnist", fake_mnist_root, out=out, limit=40, max_iter=20,
+                          n_resamples=20, corruptions=CORRUPTIONS, competitors=COMPETITORS,
+                          verbose=False)
+
+
+def test_shift_scores_every_set_mixed_with_iid_images(report):
+    out, results = report
+    for name in ["report.md", "results.json", "pooled_risk_coverage.png",
+                 "new_class_risk_coverage.png", "corrupted_images.png"]:
+        assert (out / name).exists(), name
+    sets = results["sets"]
+    assert list(sets) == ["i.i.d.", *CORRUPTIONS, "new class", "all corruptions"]
+    assert sets["i.i.d."]["n_mixed"] == 40
+    for name in CORRUPTIONS:
+        assert sets[name]["n_shifted"] == 40 and sets[name]["n_mixed"] == 80
+    assert sets["all corruptions"]["n_mixed"] == 40 * (1 + len(CORRUPTIONS))
+    # New-class images are all failures: the mixed set's failures are the i.i.d. errors
+    # plus every new-class image.
+    iid_errors = sets["i.i.d."]["errors_mixed"]["count"]
+    assert sets["new class"]["errors_mixed"]["count"] == iid_errors + 40
+    assert sets["new class"]["accuracy"]["value"] == 0
+    pooled_errors = sum(40 - sets[name]["accuracy"]["count"] for name in CORRUPTIONS)
+    assert sets["all corruptions"]["errors_mixed"]["count"] == iid_errors + pooled_errors
+    assert "augrc" in sets["all corruptions"]["detection"]["FMN-L2 distance"]
+    correction = sets["all corruptions"]["correction"]
+    assert correction["adversarial_class_is_true"]["of"] == pooled_errors
+    assert correction["FMN-L2_class_is_true"]["of"] == pooled_errors
+    report_text = (out / "report.md").read_text()
+    for phrase in ["Failure detection under distribution shift", "mixed with the i.i.d.",
+                   "AUGRC", "FashionMNIST", "The correction claim under shift",
+                   "Does resistance add anything beyond the softmax?", "FMN-L2"]:
+        assert phrase in report_text, phrase
+
+
+def test_shift_corrupts_the_same_test_images_as_corrupt(report, fake_mnist_root):
+    out, results = report
+    _, y = load_mnist(fake_mnist_root)
+    keep = np.sort(np.random.RandomState(0).choice(len(y), 40, replace=False))
+    X, _ = load_mnist(fake_mnist_root)
+    from resistclf import ResultStore
+
+    store = ResultStore(out / "cache")
+    kept = store.arrays("corrupted", ("fog", X[keep], keep, 0), lambda: pytest.fail("recomputed"))
+    np.testing.assert_array_equal(kept["X"], corrupt(X[keep], "fog", seed=0, index=keep))
+    assert load_fashion_mnist(fake_mnist_root)[0].shape[1:] == X.shape[1:]
+
+
+def test_shift_cli_runs_and_rejects_unknown_corruptions(fake_mnist_root, fake_mnist_net,
+                                                       tmp_path, capsys):
+    copy_net(fake_mnist_net, tmp_path / "cache")
+    main(["shift", "--dataset", "mnist", "--root", str(fake_mnist_root), "--out",
+          str(tmp_path), "--limit", "20", "--max-iter", "5", "--n-resamples", "5",
+          "--corruptions", "stripe", "--quiet"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["corruptions"] == ["stripe"] and saved["n_images"] == 20
+    assert "FMN-L2, 500 steps" in saved["competitors"]
+    with pytest.raises(SystemExit):
+        main(["shift", "--dataset", "mnist", "--root", "x", "--corruptions", "snow"])
+    assert "invalid choice: 'snow'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="corruptions must be names from"):
+        run_shift("mnist", fake_mnist_root, out=tmp_path, corruptions=("snow",))

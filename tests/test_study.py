@@ -1,0 +1,331 @@
+"""The study engine (resistclf.study) and the store behind it (ResultStore)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
+from sklearn.model_selection import StratifiedKFold
+
+from resistclf import AttackCache, ResistanceAttack, ResistanceClassifier, ResultStore
+from resistclf.metrics import auroc, detection_metrics
+from resistclf.scores import SOFTMAX_SCORES, input_margin, softmax_scores
+from resistclf.study import COMPETITORS, Measurements, analyse, measure, run_study
+
+ATTACK = ResistanceAttack(max_iter=30, batch_size=32)
+CHEAP = ("input-space margin", "DeepFool")
+
+
+@pytest.fixture(scope="module")
+def sample(trained_cnn, digits):
+    """100 test digits and every test digit the net gets wrong (about 20), in order."""
+    _, _, X, y = digits
+    wrong = np.flatnonzero(trained_cnn.predict(X) != y)
+    keep = np.union1d(np.arange(100), wrong)
+    return X[keep], y[keep]
+
+
+@pytest.fixture(scope="module")
+def measured(trained_cnn, sample):
+    X, y = sample
+    return measure(trained_cnn, X, y, attack=ATTACK, ranks=3, competitors=CHEAP)
+
+
+def counting(values):
+    """A compute for ResultStore.rows that records the rows it is given."""
+    seen = []
+
+    def compute(rows):
+        block = rows[:]
+        seen.append(len(block))
+        return {name: f(block) for name, f in values.items()}
+
+    return compute, seen
+
+
+def test_result_store_computes_each_row_once_and_keeps_the_order(tmp_path):
+    store = ResultStore(tmp_path)
+    X = np.random.RandomState(0).rand(10, 3).astype(np.float32)
+    compute, seen = counting({"sum": lambda b: b.sum(1)})
+    first = store.rows("sums", {"v": 1}, X[:6], compute, chunk_size=4)
+    assert seen == [4, 2]
+    again = store.rows("sums", {"v": 1}, np.concatenate([X[8:], X[::-1]]), compute,
+                       chunk_size=4)
+    assert seen == [4, 2, 4], "only the 4 rows not seen before, once each"
+    np.testing.assert_allclose(again["sum"], np.r_[X[8:], X[::-1]].sum(1), rtol=1e-6)
+    np.testing.assert_array_equal(again["sum"][-6:][::-1], first["sum"])
+    assert (again["seconds"] >= 0).all() and len(again["seconds"]) == 12
+
+
+def test_result_store_keys_rows_on_settings_and_bytes(tmp_path):
+    store = ResultStore(tmp_path)
+    X = np.random.RandomState(1).rand(4, 3).astype(np.float32)
+    compute, seen = counting({"sum": lambda b: b.sum(1)})
+    store.rows("sums", {"v": 1}, X, compute)
+    store.rows("sums", {"v": 2}, X, compute)
+    store.rows("sums", {"v": 1}, X.astype(np.float64), compute)  # the same float32 rows
+    changed = X.copy()
+    changed[0, 0] += 1e-3
+    store.rows("sums", {"v": 1}, changed, compute)
+    assert seen == [4, 4, 1]
+
+
+def test_result_store_resumes_an_interrupted_computation(tmp_path):
+    X = np.random.RandomState(2).rand(10, 3).astype(np.float32)
+    calls = []
+
+    def interrupted(rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return {"sum": rows[:].sum(1)}
+
+    with pytest.raises(KeyboardInterrupt):
+        ResultStore(tmp_path).rows("sums", "s", X, interrupted, chunk_size=4)
+    compute, seen = counting({"sum": lambda b: b.sum(1)})
+    resumed = ResultStore(tmp_path).rows("sums", "s", X, compute, chunk_size=4)
+    assert seen == [4, 2], "a new store on the folder computes what was not finished"
+    np.testing.assert_allclose(resumed["sum"], X.sum(1), rtol=1e-6)
+
+
+def test_result_store_keeps_whole_values_by_content(tmp_path):
+    store = ResultStore(tmp_path)
+    data = np.arange(6.0)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"doubled": 2 * data}
+
+    for _ in range(2):
+        np.testing.assert_array_equal(store.arrays("double", {"data": data}, compute)["doubled"],
+                                      2 * data)
+    assert store.json("info", {"data": data}, lambda: {"n": 6}) == {"n": 6}
+    assert ResultStore(tmp_path).json("info", {"data": data}, lambda: {"n": -1}) == {"n": 6}
+    state = {"w": torch.ones(2, dtype=torch.bfloat16)}
+    assert torch.equal(ResultStore(tmp_path).tensors("net", "s", lambda: state)["w"],
+                       state["w"])
+    assert calls == [1]
+    store.arrays("double", {"data": data + 1e-12}, compute)
+    assert calls == [1, 1], "other content, another key"
+
+
+def test_result_store_in_memory_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = ResultStore(None)
+    compute, seen = counting({"sum": lambda b: b.sum(1)})
+    X = np.ones((3, 2), dtype=np.float32)
+    store.rows("sums", "s", X, compute)
+    store.rows("sums", "s", X, compute)
+    assert store.json("info", "s", lambda: [1]) == [1] == store.json("info", "s", lambda: [2])
+    assert seen == [1] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("a, b", [
+    (np.zeros(3, np.float32), np.zeros(3, np.float64)),
+    (np.zeros((2, 3)), np.zeros((3, 2))),
+    ({"a": 1, "b": 2}, {"a": 1, "b": 3}),
+    ((1, 2), [1, 2]),
+    ("1", 1),
+    (torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=True)),
+], ids=["dtype", "shape", "dict", "tuple-list", "str-int", "module"])
+def test_result_store_key_tells_contents_apart(a, b):
+    assert ResultStore.key(a) != ResultStore.key(b)
+    assert ResultStore.key(a) == ResultStore.key(a)
+
+
+def test_result_store_key_is_the_same_for_equal_content_and_order_of_dicts():
+    assert ResultStore.key({"a": np.arange(3), "b": 1}) == ResultStore.key(
+        {"b": 1, "a": np.arange(3).copy()})
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: ResultStore.key(object()), "cannot key on a object"),
+    (lambda s: ResultStore.key(np.array([{}], dtype=object)), "cannot key on an array of "
+                                                               "dtype object"),
+    (lambda s: s.rows("x", "s", np.ones((2, 2)), lambda r: {}, chunk_size=0),
+     "chunk_size must be a positive integer"),
+    (lambda s: s.rows("x", "s", np.ones((2, 2)), lambda r: {"keys": np.ones(len(r))}),
+     "a column cannot be named 'keys'"),
+], ids=["object", "object-array", "chunk-size", "reserved-column"])
+def test_result_store_rejects_bad_arguments(tmp_path, call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call(ResultStore(tmp_path))
+
+
+def test_measure_gives_what_each_method_gives_alone(measured, trained_cnn, sample):
+    X, y = sample
+    module = trained_cnn.module_
+    logits = trained_cnn.forward(X, training=False).numpy()
+    np.testing.assert_allclose(measured.logits, logits, rtol=1e-5, atol=1e-5)
+    fresh = ATTACK(module, torch.from_numpy(X), rank=1)
+    np.testing.assert_array_equal(measured.attacks[1].res_n, fresh.res_n)
+    np.testing.assert_array_equal(measured.distances["input-space margin"],
+                                  input_margin(module, X))
+    np.testing.assert_array_equal(measured.classes[measured.y], y)
+    assert measured.cost()["resistance"]["forward"] == 31
+    assert measured.cost()["input-space margin"]["backward"] == 9
+
+
+def test_measure_error_scores_point_to_errors(measured):
+    scores = measured.error_scores()
+    result = measured.attacks[0]
+    np.testing.assert_array_equal(scores["Res_N"], -result.res_n)
+    np.testing.assert_array_equal(scores["Res_min"], -result.res_min.astype(float))
+    np.testing.assert_array_equal(scores["DeepFool distance"], -measured.distances["DeepFool"])
+    for name, score in softmax_scores(measured.logits).items():
+        np.testing.assert_array_equal(scores[name], score)
+    # Oriented alike: every score ranks the net's errors above its correct predictions.
+    for name in ["Res_N", "Res_mean", "max-softmax", "input-space margin",
+                 "DeepFool distance"]:
+        assert auroc(measured.is_error, scores[name]) > 0.7, name
+
+
+def test_measurements_subset_and_concatenate_round_trip(measured):
+    mask = np.arange(len(measured)) % 3 == 0
+    joined = Measurements.concatenate([measured[mask], measured[~mask]])
+    order = np.r_[np.flatnonzero(mask), np.flatnonzero(~mask)]
+    np.testing.assert_array_equal(joined.logits, measured.logits[order])
+    np.testing.assert_array_equal(joined.attacks[2].adversarial_class,
+                                  measured.attacks[2].adversarial_class[order])
+    np.testing.assert_array_equal(joined.seconds["DeepFool"], measured.seconds["DeepFool"][order])
+    assert len(measured[:7]) == 7
+
+
+def test_measure_without_labels_counts_every_prediction_as_a_failure(trained_cnn, digits):
+    _, _, X, _ = digits
+    new_class = measure(trained_cnn, X[:20], attack=ATTACK, competitors=())
+    assert new_class.is_error.all() and (new_class.y == -1).all()
+    result = analyse(new_class, n_resamples=10)
+    assert result.to_dict()["detection"] is None, "no correct prediction to rank against"
+    assert result.to_dict()["accuracy"]["value"] == 0
+
+
+def test_measure_resumes_from_its_store_and_gives_the_same_numbers(tmp_path, trained_cnn,
+                                                                   digits, monkeypatch):
+    _, _, X, y = digits
+    X, y = X[:70], y[:70]
+    attack = ResistanceAttack(max_iter=20, batch_size=32)
+    original = ResistanceAttack.__call__
+    calls = []
+
+    def interrupted(self, module, X, **kwargs):
+        calls.append(len(X))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, module, X, **kwargs)
+
+    monkeypatch.setattr(ResistanceAttack, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        measure(trained_cnn, X, y, attack=attack, competitors=(), store=tmp_path)
+    calls.clear()
+    monkeypatch.setattr(ResistanceAttack, "__call__", lambda self, module, X, **kwargs: (
+        calls.append(len(X)), original(self, module, X, **kwargs))[1])
+    resumed = measure(trained_cnn, X, y, attack=attack, competitors=(), store=tmp_path)
+    assert calls == [32, 6], "the first batch was kept; only the rest is attacked"
+    fresh = measure(trained_cnn, X, y, attack=attack, competitors=())
+    for field in ("res_n", "res_max", "res_min", "adversarial_class"):
+        np.testing.assert_array_equal(getattr(resumed.attacks[0], field),
+                                      getattr(fresh.attacks[0], field))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"y": np.full(120, 11)}, r"y holds labels outside the net's classes: \[11\]"),
+    ({"y": np.zeros(3)}, r"y must have one label per sample, shape \(120,\)"),
+    ({"X": np.zeros((120, 1, 8, 8), dtype=np.uint8)}, "X must hold floats"),
+    ({"X": np.zeros((0, 1, 8, 8), dtype=np.float32)}, "at least one sample"),
+    ({"ranks": 0}, "ranks must be a positive integer"),
+    ({"ranks": True}, "ranks must be a positive integer"),
+    ({"competitors": ("FMN",)}, "competitors must be names from"),
+    ({"competitors": "DeepFool"}, "competitors must be names from"),
+    ({"attack": "pgd"}, "attack must be a ResistanceAttack"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+], ids=lambda v: str(v)[:30])
+def test_measure_rejects_bad_arguments(trained_cnn, digits, kwargs, match):
+    _, _, X, y = digits
+    arguments = {"X": X[:120], "y": y[:120], "attack": ATTACK, "competitors": (), **kwargs}
+    with pytest.raises((TypeError, ValueError), match=match):
+        measure(trained_cnn, **arguments)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"folds": 1}, "folds must be an integer >= 2"),
+    ({"n_resamples": 0}, "n_resamples must be an integer >= 1"),
+], ids=["folds", "resamples"])
+def test_analyse_rejects_bad_arguments(measured, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        analyse(measured, **kwargs)
+    with pytest.raises(TypeError, match="measurements must be Measurements"):
+        analyse({"logits": measured.logits})
+
+
+@pytest.fixture(scope="module")
+def study(measured):
+    return analyse(measured, n_resamples=30, random_state=0)
+
+
+def test_analyse_numbers_are_the_direct_ones(study, measured):
+    r = study.to_dict()
+    is_error = measured.is_error
+    assert r["errors"]["count"] == is_error.sum() > 0
+    assert r["detection"]["Res_N"]["auroc"]["value"] == auroc(is_error, -measured.attacks[0].res_n)
+    assert r["detection"]["max-softmax"]["aurc"]["value"] == detection_metrics(
+        is_error, softmax_scores(measured.logits)["max-softmax"])["aurc"]
+    errors = np.flatnonzero(is_error)
+    second = np.argsort(-measured.logits, axis=1)[:, 1]
+    assert r["correction"]["second_choice_is_true"]["count"] == np.sum(
+        second[errors] == measured.y[errors])
+    assert r["correction"]["DeepFool_class_is_true"]["count"] == np.sum(
+        measured.landing["DeepFool"][errors] == measured.y[errors])
+    for name, metrics in r["detection"].items():
+        low, high = metrics["aurc"]["ci"]
+        assert low <= metrics["aurc"]["value"] <= high, name
+    assert set(SOFTMAX_SCORES) < set(r["detection"])
+    assert r["cost"]["Res_N"]["forward"] == 31 and r["cost"]["max-softmax"]["backward"] == 0
+
+
+def test_analyse_topk_lists_are_predict_topks(study, measured, trained_cnn, sample):
+    X, y = sample
+    clf = ResistanceClassifier(FrozenEstimator(trained_cnn), attack=ATTACK).fit(X, y)
+    top5 = clf.predict_topk(X, k=5)
+    np.testing.assert_array_equal(measured.classes[measured.topk_labels(5)], top5)
+    assert study.to_dict()["topk_error"]["top5_predict_topk"]["count"] == np.sum(
+        ~(top5 == y[:, None]).any(axis=1))
+
+
+def test_corrected_predictions_are_resistance_classifiers_cross_validated(measured, trained_cnn,
+                                                                          sample):
+    X, y = sample
+    clf = ResistanceClassifier(FrozenEstimator(trained_cnn), attack=ATTACK, cache=AttackCache(),
+                               random_state=0)
+    expected = np.empty_like(y)
+    for train, held in StratifiedKFold(5, shuffle=True, random_state=0).split(X, y):
+        expected[held] = clone(clf).fit(X[train], y[train]).predict(X[held])
+    np.testing.assert_array_equal(
+        measured.classes[measured.corrected_predictions(folds=5, random_state=0)], expected)
+
+
+def test_study_result_writes_markdown_and_figures(study, sample):
+    X, _ = sample
+    markdown = study.to_markdown(level=3)
+    for phrase in ["### Detecting the net's errors", "max-softmax", "Res_mean",
+                   "### Adversarial correction", "### Top-k", "### Detect, then correct",
+                   "Spearman", "DeepFool distance"]:
+        assert phrase in markdown, phrase
+    figures = study.figures(X)
+    assert set(figures) == {"risk_coverage", "roc", "histograms", "errors"}
+
+
+def test_run_study_is_measure_then_analyse(trained_cnn, digits):
+    _, _, X, y = digits
+    result = run_study(trained_cnn, X[:60], y[:60], attack=ATTACK, competitors=(),
+                       n_resamples=10)
+    expected = analyse(measure(trained_cnn, X[:60], y[:60], attack=ATTACK, competitors=()),
+                       n_resamples=10)
+    assert result.to_dict()["detection"] == expected.to_dict()["detection"]
+
+
+def test_competitors_are_listed_with_a_known_function():
+    for name, (function, params) in COMPETITORS.items():
+        assert function in {"input_margin", "deepfool", "minimum_norm"}, name
+        assert isinstance(params, dict)
