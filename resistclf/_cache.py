@@ -42,6 +42,8 @@ _ROWS_AT_A_TIME = 1024
 _FORMAT = "resistclf.AttackCache/2"
 #: Marks a per-row table of :class:`ResultStore`.
 _ROWS_FORMAT = "resistclf.ResultStore.rows/1"
+#: Marks a file of whole arrays of :class:`ResultStore`.
+_ARRAYS_FORMAT = "resistclf.ResultStore.arrays/1"
 #: Names a table's columns may not take: they name the file's own arrays.
 _RESERVED = ("keys", "format")
 
@@ -414,7 +416,8 @@ class ResultStore:
         settings : object
             Everything the result depends on (see :meth:`key`).
         compute : callable
-            ``compute()`` returns a dict of str to ndarray (numbers or strings).
+            ``compute()`` returns a dict of str to ndarray (numbers or strings);
+            no key may be ``"format"``.
 
         Returns
         -------
@@ -422,10 +425,15 @@ class ResultStore:
         """
         def read(path):
             with np.load(path, allow_pickle=False) as data:
-                return {key: data[key] for key in data.files}
+                if not isinstance(data, np.lib.npyio.NpzFile) or "format" not in data.files \
+                        or str(data["format"]) != _ARRAYS_FORMAT:
+                    raise ValueError(f"it does not say it is in the format {_ARRAYS_FORMAT!r}")
+                return {key: data[key] for key in data.files if key != "format"}
 
         def write(file, value):
-            np.savez(file, **value)
+            if "format" in value:
+                raise ValueError("arrays cannot be named 'format': it names the file's own.")
+            np.savez(file, format=np.array(_ARRAYS_FORMAT), **value)
 
         return self._value(name, settings, compute, ".npz", read, write)
 
