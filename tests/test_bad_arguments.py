@@ -15,8 +15,10 @@ from sklearn.model_selection import GroupKFold, ShuffleSplit
 from skorch import NeuralNetClassifier
 from torch import nn
 
-from resistclf import ResistanceAttack, ResistanceClassifier, metrics
-from resistclf.scores import deepfool, input_margin
+from resistclf import ResistanceAttack, ResistanceClassifier, ResultStore, metrics
+from resistclf.datasets import corrupt
+from resistclf.scores import deepfool, input_margin, minimum_norm, resistance_error_scores
+from resistclf.study import analyse, measure
 
 X = torch.rand(6, 4, generator=torch.Generator().manual_seed(0))
 X_NAN = X.clone()
@@ -24,6 +26,15 @@ X_NAN[1, 2] = torch.nan
 X_ZERO = X.clone()  # the first entry of the second input is 0, where NaNGradient's is NaN
 X_ZERO[1, 0] = 0.0
 IS_ERROR = np.array([True, False, True, False])
+LINEAR = nn.Linear(4, 3)
+STUDY = {"attack": ResistanceAttack(max_iter=2), "competitors": ()}
+IMAGES8 = np.random.RandomState(0).rand(2, 1, 8, 8).astype(np.float32)
+
+
+def store_rows(**kwargs):
+    """``ResultStore(None).rows`` of two rows, with ``kwargs``."""
+    return ResultStore(None).rows("table", "s", np.ones((2, 2), np.float32),
+                                  lambda rows: {"v": np.ones(len(rows))}, **kwargs)
 SCORE = np.array([0.9, 0.1, 0.6, 0.4])
 PROBA = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
 
@@ -250,6 +261,33 @@ BAD_ARGUMENTS += [
      "X holds uint8 values, but the attack needs floating-point pixels"),
     (predict_after_fit, ((IMAGES * 255).astype(np.uint8), IMAGES), {}, ValueError,
      "X holds uint8 values, but the attack needs floating-point pixels"),
+    # The study engine and its store.
+    (measure, (LINEAR, X.numpy(), np.array([0, 1, 2, 0, 1, 5])), STUDY, ValueError,
+     r"y holds labels outside the net's classes: \[5\]"),
+    (measure, (LINEAR, X.numpy(), np.zeros(3, int)), STUDY, ValueError,
+     r"y must have one label per sample, shape \(6,\)"),
+    (measure, (LINEAR, (X.numpy() * 255).astype(np.uint8)), STUDY, ValueError,
+     "X must hold floats in the units the attack expects; got an array of dtype uint8"),
+    (measure, (LINEAR, X.numpy()), {**STUDY, "ranks": 0}, ValueError,
+     "ranks must be a positive integer"),
+    (measure, (LINEAR, X.numpy()), {**STUDY, "competitors": ("CW",)}, ValueError,
+     "competitors must be names from"),
+    (measure, ("net", X.numpy()), STUDY, TypeError, "net must be"),
+    (measure, (LINEAR, X.numpy()), {**STUDY, "attack": "pgd"}, TypeError,
+     "attack must be a ResistanceAttack or None; got str"),
+    (analyse, ({"logits": X},), {}, TypeError, "measurements must be Measurements"),
+    (ResultStore.key, (object(),), {}, TypeError, "cannot key on a object"),
+    (store_rows, (), {"chunk_size": 0}, ValueError, "chunk_size must be a positive integer"),
+    (store_rows, (), {"digests": [b"x"]}, ValueError,
+     r"digests must have one entry per row of X \(2\); got 1"),
+    # Scores, corruptions and the minimum-norm attacks.
+    (resistance_error_scores, (None, ["confidence"]), {}, ValueError,
+     "features must be a non-empty sequence of names"),
+    (corrupt, (IMAGES8, "snow"), {}, ValueError, "fog"),
+    (corrupt, (IMAGES8 * 2, "fog"), {}, ValueError, r"\[0, 1\]"),
+    (minimum_norm, (LINEAR, X), {"attack": "cw"}, ValueError, "attack must be one of"),
+    (minimum_norm, (LINEAR, X * 3), {}, ValueError, r"X must lie within bounds=\(0.0, 1.0\)"),
+    (minimum_norm, (LINEAR, X), {"steps": 0}, ValueError, "steps must be a positive integer"),
 ]
 
 
