@@ -385,13 +385,12 @@ def measure(net, X, y=None, *, attack=None, ranks=1, competitors=DEFAULT_COMPETI
     seconds = {"softmax": columns["seconds"]}
 
     attacks = []
-    batch_size_ = attack.batch_size if isinstance(attack.batch_size, Integral) else 256
     for rank in range(ranks):
         announce(f"resistance attack, rank {rank}")
         columns = store.rows(
             f"resistance-rank{rank}", (module, _settings(attack), rank), X,
             lambda rows, rank=rank: _attack_columns(on_module, module, rows, rank),
-            chunk_size=batch_size_ * effective_n_jobs(attack.n_jobs), digests=digests)
+            chunk_size=_attack_chunk_size(attack), digests=digests)
         attacks.append(AttackResult(**{name: columns[name] for name in _ATTACK_FIELDS}))
         passes = np.full(len(X), attack.max_iter, dtype=float)
         key = resistance_key(rank)
@@ -414,6 +413,14 @@ def measure(net, X, y=None, *, attack=None, ranks=1, competitors=DEFAULT_COMPETI
     return Measurements(classes=classes, y=y_idx, logits=logits, attacks=tuple(attacks),
                         distances=distances, landing=landing, forward=forward_,
                         backward=backward_, seconds=seconds, attack=attack)
+
+
+def _attack_chunk_size(attack):
+    """Images attacked between two writes of the store: a batch per worker, or eight with
+    early exit, whose refilled slots need many images to keep busy (an image's result does
+    not depend on the images attacked with it, so the chunks change no number)."""
+    batch_size = attack.batch_size if isinstance(attack.batch_size, Integral) else 256
+    return batch_size * effective_n_jobs(attack.n_jobs) * (1 if attack.early_exit is None else 8)
 
 
 def _as_array(X):
