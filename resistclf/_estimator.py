@@ -1,6 +1,5 @@
 """ResistanceClassifier: detect a network's errors by their resistance, and correct them."""
 
-import hashlib
 import sys
 import warnings
 from collections import OrderedDict
@@ -45,7 +44,7 @@ from ._attack import (
     _Images,
     check_feature_names,
 )
-from ._cache import AttackCache, _fingerprint, _settings
+from ._cache import AttackCache, ResultStore, _settings
 from ._nets import (
     check_net,
     eval_mode,
@@ -632,8 +631,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         """
         check_is_fitted(self)
         n_classes = len(self.classes_)
-        if not isinstance(k, Integral) or not 1 <= k <= n_classes:
-            raise ValueError(f"k must be an integer from 1 to n_classes={n_classes}; got {k!r}.")
+        _check_k(k, n_classes)
         X = self._validate(X)
         attacks = [self._attack(X, rank=rank) for rank in range(_ranks_needed(k, n_classes))]
         return self.classes_[_topk_indices(attacks, self._logits(X).numpy(), k)]
@@ -706,7 +704,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
             return self.cache.attack(attack, module, X, rank=rank)
         if not remember:
             return attack(module, X, rank=rank)
-        key = _content_key(X, rank, attack, module)
+        key = ResultStore.key(X, rank, _settings(attack), module)
         result = self._last_results.get(key)
         if result is None:
             result = attack(module, X, rank=rank)
@@ -759,17 +757,6 @@ def _copied(result):
     """A copy of an AttackResult whose arrays the caller may change."""
     return type(result)(**{f.name: None if getattr(result, f.name) is None
                            else getattr(result, f.name).copy() for f in fields(result)})
-
-
-def _content_key(X, rank, attack, module):
-    """A digest of X's content, the rank, the attack's settings and the module's fingerprint."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr((X.dtype.str, X.shape, rank, _settings(attack),
-                        _fingerprint(module))).encode())
-    rows = max(1, 2**24 // max(1, X[:1].nbytes))  # about 16 MB at a time: a memory map stays
-    for start in range(0, len(X), rows):
-        digest.update(np.ascontiguousarray(X[start : start + rows]).data)
-    return digest.digest()
 
 
 def _check_splits(cv, X, y_idx, groups, cross_fitted):
@@ -862,6 +849,10 @@ def _best_threshold(proba, gain):
     return float((proba[best] + below) / 2)
 
 
+def _check_k(k, n_classes):
+    if not isinstance(k, Integral) or isinstance(k, bool) or not 1 <= k <= n_classes:
+        raise ValueError(f"k must be an integer from 1 to n_classes={n_classes}; got {k!r}.")
+
 
 def _ranks_needed(k, n_classes):
     """The ranks attacked for lists of ``k`` labels: none for 1, one for 2, else three."""
@@ -876,8 +867,7 @@ def _topk_indices(attacks, logits, k):
     from the net's own ranking (ties to the lower class index) and cut to ``k``.
     """
     n_classes = logits.shape[1]
-    if not isinstance(k, Integral) or isinstance(k, bool) or not 1 <= k <= n_classes:
-        raise ValueError(f"k must be an integer from 1 to n_classes={n_classes}; got {k!r}.")
+    _check_k(k, n_classes)
     n_ranks = _ranks_needed(k, n_classes)
     if len(attacks) < n_ranks:
         raise ValueError(f"Lists of {k} labels need the attack at {n_ranks} ranks; got "
