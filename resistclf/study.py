@@ -35,8 +35,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from ._attack import ALL_FEATURE_NAMES, AttackResult, ResistanceAttack
 from ._cache import ResultStore, _settings, as_rows
 from ._estimator import _correct, _topk_indices, make_detector
-from ._nets import check_net, eval_mode, forward, logit_module, module_device, module_dtype, \
-    net_classes
+from ._nets import check_net, eval_mode, forward, logit_module, module_dtype, net_classes, \
+    on_device, resolve_device
 from .metrics import bootstrap_interval, detection_metrics
 from .scores import (
     SOFTMAX_SCORES,
@@ -49,7 +49,7 @@ from .scores import (
 
 __all__ = ["COMPETITORS", "DEFAULT_COMPETITORS", "Measurements", "StudyResult", "analyse",
            "complementarity_table", "cost_cell", "count_cell", "detection_table",
-           "distance_name", "markdown_table", "measure", "metric_cell", "percent_cell",
+           "distance_name", "label_indices", "markdown_table", "measure", "metric_cell", "percent_cell",
            "proportion", "resistance_key", "run_study", "score_metrics", "with_interval"]
 
 #: The per-sample fields of an AttackResult that a study keeps (traces are never kept).
@@ -373,14 +373,17 @@ def measure(net, X, y=None, *, attack=None, ranks=1, competitors=DEFAULT_COMPETI
         if verbose:
             print(f"[study] {text}", file=sys.stderr)
 
+    device = resolve_device(attack.device, module)
+    # One sample first: the data's shape, the device and the labels are checked before any
+    # heavy work.
+    classes = net_classes(net, _logits(module, np.asarray(X[:1], np.float32), 1, device).shape[1])
+    y_idx = label_indices(y, classes, len(X))
     announce(f"logits of {len(X)} samples")
     digests = store.digests(X)  # read X once for every table below
     columns = store.rows("logits", (module, batch_size), X,
-                         lambda rows: {"logits": _logits(module, rows[:], batch_size)},
+                         lambda rows: {"logits": _logits(module, rows[:], batch_size, device)},
                          digests=digests)
     logits = columns["logits"].astype(np.float64)
-    classes = net_classes(net, logits.shape[1])
-    y_idx = _encode(y, classes, len(X))
     forward_, backward_ = {"softmax": np.ones(len(X))}, {"softmax": np.zeros(len(X))}
     seconds = {"softmax": columns["seconds"]}
 
@@ -434,8 +437,29 @@ def _as_array(X):
     return X
 
 
-def _encode(y, classes, n):
-    """Indices of ``y`` in ``classes`` (-1 for all if ``y`` is None); reject unknown labels."""
+def label_indices(y, classes, n_samples=None):
+    """Each label's index in the net's ``classes``, as :class:`Measurements` holds them.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,) or None
+        Labels, each one of ``classes``. None means that no sample belongs to
+        any of them (new-class shift).
+    classes : ndarray of shape (n_classes,)
+    n_samples : int or None, default=None
+        The number of samples ``y`` must label; None takes ``len(y)``.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_samples,), dtype int64
+        -1 for every sample where ``y`` is None.
+
+    Raises
+    ------
+    ValueError
+        If ``y`` is not one label per sample, or holds labels outside ``classes``.
+    """
+    n = len(y) if n_samples is None and y is not None else n_samples
     if y is None:
         return np.full(n, -1, dtype=np.int64)
     y = np.asarray(y)
@@ -451,10 +475,10 @@ def _encode(y, classes, n):
     return np.array([index[label] for label in y.tolist()], dtype=np.int64)
 
 
-def _logits(module, X, batch_size):
-    """The module's logits for ``X`` (float32 rows), as float32, in batches, on its device."""
-    device, dtype = module_device(module), module_dtype(module)
-    with eval_mode(module), torch.no_grad():
+def _logits(module, X, batch_size, device):
+    """The module's logits for ``X`` (float32 rows), as float32, in batches, on ``device``."""
+    dtype = module_dtype(module)
+    with on_device(module, device), eval_mode(module), torch.no_grad():
         logits = torch.cat([forward(module, torch.from_numpy(X[i : i + batch_size]).to(
             device, dtype)).float().cpu() for i in range(0, len(X), batch_size)]).numpy()
     if not np.isfinite(logits).all():

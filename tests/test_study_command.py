@@ -130,7 +130,8 @@ def no_figures(monkeypatch):
 
     monkeypatch.setattr(StudyResult, "figures", lambda self, X=None: {})
     for module in (study, reproduce):
-        monkeypatch.setattr(module, "_traces_figure", lambda *args: plt.figure())
+        monkeypatch.setattr(module, "traces_figure",
+                            lambda *args: (plt.figure(), {"hard": 0, "easy": 1}))
 
 
 def test_study_command_fast_mode_says_no_benchmark_judged_it(small_case, no_figures):

@@ -92,6 +92,42 @@ def study_results(study, run):
     return {**run, **study.to_dict(), "environment": environment()}
 
 
+def traces_figure(module, attack, measured, X):
+    """The write-up's figure: Conf and |r| over the attack of a hard image and an easy one.
+
+    The hard image is a correct prediction at the 90th percentile of Res_N among correct
+    ones, the easy one an error at the median of Res_N among errors (a correct prediction
+    where there is none). Returns the figure and the two images' positions in ``X``.
+    """
+    import torch
+
+    from ..plotting import plot_attack_traces
+
+    result, is_error = measured.attacks[0], measured.is_error
+
+    def at_quantile(mask, q):
+        candidates = np.flatnonzero(mask)
+        values = result.res_n[candidates]
+        return int(candidates[np.argmin(np.abs(values - np.quantile(values, q)))])
+
+    hard, easy = at_quantile(~is_error, 0.9), at_quantile(is_error if is_error.any()
+                                                            else ~is_error, 0.5)
+    traced = type(attack)(**{**attack.get_params(), "early_exit": None, "n_jobs": None,
+                             "verbose": False})(
+        module, torch.from_numpy(np.asarray(X[[hard, easy]], dtype=np.float32)),
+        return_trace=True)
+    truth = ["none" if i < 0 else measured.classes[i] for i in measured.y]
+
+    def title(kind, i):
+        return (f"{kind}: {'misclassified' if is_error[i] else 'correct'} {truth[i]}, "
+                f"Res_min {result.res_min[i]}, Res_N {result.res_n[i]:.2f}")
+
+    figure = plot_attack_traces(traced.conf_trace, traced.norm_trace,
+                                np.asarray(X[[hard, easy]]),
+                                [title("hard", hard), title("easy", easy)])
+    return figure, {"hard": hard, "easy": easy}
+
+
 def header_markdown(title, r, description):
     """A report's title and opening paragraph, with MNIST's short training split noted."""
     lines = [f"# {title}", "", f"{description} Brackets hold bootstrap 95% intervals "

@@ -9,14 +9,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import ResistanceAttack, ResultStore
-from ..plotting import plot_attack_traces
 from ..study import analyse, markdown_table, measure, metric_cell, percent_cell
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import header_markdown, parallel_backend, phase, settings_markdown, \
-    study_results, write_report
+    study_results, traces_figure, write_report
 
 #: The write-up's own figures (its networks, trained on the full training sets).
 WRITEUP = {
@@ -89,45 +87,16 @@ def run_reproduce(dataset, root, *, out, cache=None, download=False, seed=0, lim
     with _phase("analyse: detectors, metrics, bootstrap intervals", timings, verbose):
         study = analyse(measured, folds=FOLDS, n_resamples=n_resamples, random_state=seed)
     with _phase("traces of a hard and an easy image", timings, verbose):
-        hard, easy = _hard_and_easy(measured)
-        traced = ResistanceAttack(**{**attack.get_params(), "early_exit": None,
-                                     "n_jobs": None, "verbose": False})(
-            net.module_, torch.from_numpy(X_test[[hard, easy]]), return_trace=True)
+        traces, traced = traces_figure(net.module_, attack, measured, X_test)
     results = study_results(study, {
         "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "net": net_info, "attack": attack.get_params(),
-        "mode": mode, "fast": fast, "traced_images": {"hard": int(hard), "easy": int(easy)}})
+        "mode": mode, "fast": fast, "traced_images": traced})
     with _phase("figures and report", timings, verbose):
-        figures = {**study.figures(X_test),
-                   "traces": _traces_figure(measured, traced, X_test, hard, easy)}
+        figures = {**study.figures(X_test), "traces": traces}
     results["seconds"] = timings
     write_report(out, _markdown(results, study), results, figures)
     return results
-
-
-def _hard_and_easy(measured):
-    """A correctly classified image at the 90th percentile of Res_N among correct ones
-    (hard to attack) and a misclassified one at the median of Res_N among errors (easy)."""
-    res_n, is_error = measured.attacks[0].res_n, measured.is_error
-
-    def at_quantile(mask, q):
-        candidates = np.flatnonzero(mask)
-        values = res_n[candidates]
-        return candidates[np.argmin(np.abs(values - np.quantile(values, q)))]
-
-    easy_pool = is_error if is_error.any() else ~is_error
-    return at_quantile(~is_error, 0.9), at_quantile(easy_pool, 0.5)
-
-
-def _traces_figure(measured, traced, X, hard, easy):
-    result, is_error, y = measured.attacks[0], measured.is_error, measured.classes[measured.y]
-
-    def title(kind, i):
-        return (f"{kind}: {'misclassified' if is_error[i] else 'correct'} {y[i]}, Res_min "
-                f"{result.res_min[i]}, Res_N {result.res_n[i]:.2f}")
-
-    return plot_attack_traces(traced.conf_trace, traced.norm_trace, X[[hard, easy]],
-                              [title("hard", hard), title("easy", easy)])
 
 
 def _markdown(r, study):

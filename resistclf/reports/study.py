@@ -24,9 +24,7 @@ import torch
 from torch import nn
 
 from .. import ResistanceAttack, ResultStore
-from .._attack import check_clip
-from .._nets import eval_mode, forward, on_device, resolve_device
-from ..study import COMPETITORS, DEFAULT_COMPETITORS, _encode, analyse, measure
+from ..study import COMPETITORS, DEFAULT_COMPETITORS, analyse, label_indices, measure
 from ._reference import ATTACK_MODES, FAST_MODES
 from ._report import (
     header_markdown,
@@ -34,9 +32,9 @@ from ._report import (
     phase,
     settings_markdown,
     study_results,
+    traces_figure,
     write_report,
 )
-from .reproduce import _hard_and_easy, _traces_figure
 
 #: torchvision's datasets by name: the splits each has, its default split, and whether
 #: torchvision can download it.
@@ -477,18 +475,15 @@ def check_inputs(module, X, y, attack):
         attack's settings do not fit the data, or ``y`` holds labels outside
         the network's classes.
     """
-    check_clip(attack.clip)
-    device = resolve_device(attack.device, module)
     shape = tuple(X.shape[1:])
-    module = attack.preprocessed(module, shape)
-    first = torch.from_numpy(np.asarray(X[:1], dtype=np.float32)).to(device)
-    try:
-        with on_device(module, device), eval_mode(module), torch.no_grad():
-            n_classes = forward(module, first).shape[1]
+    probe = ResistanceAttack(**{**attack.get_params(), "max_iter": 1, "n_jobs": None,
+                                "verbose": False})
+    try:  # one step on one sample: the shape, the device, clip and preprocessing
+        n_classes = measure(module, X[:1], attack=probe, competitors=()).logits.shape[1]
     except ValueError as exc:
         raise ValueError(f"The network rejects the data: its samples have shape {shape}. "
                          f"{exc}") from exc
-    _encode(y, np.arange(n_classes), len(y))
+    label_indices(y, np.arange(n_classes))
     return n_classes
 
 
@@ -555,12 +550,7 @@ def write_study(module, X, y, *, out, net_info, data_info, attack, n_classes, to
     with _phase("figures", timings, verbose):
         figures.update(study.figures(X))
         if (~measured.is_error).any():
-            hard, easy = _hard_and_easy(measured)
-            traced = ResistanceAttack(**{**attack.get_params(), "early_exit": None,
-                                         "batch_size": 2, "n_jobs": None, "verbose": False})(
-                module, torch.from_numpy(np.asarray(X[[hard, easy]])), return_trace=True)
-            figures["traces"] = _traces_figure(measured, traced, X, hard, easy)
-            traced_images = {"hard": int(hard), "easy": int(easy)}
+            figures["traces"], traced_images = traces_figure(module, attack, measured, X)
     results = study_results(study, {
         "net": {**net_info, "n_classes": n_classes}, "data": data_info, "seed": seed,
         "limit": limit, "n_test": len(measured), "attack": attack.get_params(), "mode": mode,
@@ -638,7 +628,6 @@ def main(args):
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"resistclf study: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    module.to(resolve_device(args.device, module))
     write_study(module, X, y, out=out, net_info=net_info, data_info=data_info, attack=attack,
                 n_classes=n_classes, topk=args.topk, mode=mode,
                 competitors=competitors, net_output=args.net_output,
