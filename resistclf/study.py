@@ -764,7 +764,7 @@ def _learned_scores(is_error, scores, competitors, splits):
     images, with 19 and 94 errors, whatever leaf size we tried.)
     """
     def out_of_fold(*names):
-        features = np.column_stack([scores[name] for name in names])
+        features = np.column_stack([_finite(scores[name]) for name in names])
         with warnings.catch_warnings():  # fewer training samples than quantiles is expected
             warnings.filterwarnings("ignore", "n_quantiles .* is greater than the total number",
                                     UserWarning)
@@ -784,6 +784,17 @@ def _learned_scores(is_error, scores, competitors, splits):
         "LR(softmax + distances + resistance)": out_of_fold(*softmax, *distances,
                                                             *resistance),
     }
+
+
+def _finite(score):
+    """``score`` with infinities moved just past its finite values, keeping every rank.
+
+    A competitor that finds no adversarial without a box reports an infinite distance;
+    the ranking metrics take it as it is, a learner needs finite numbers.
+    """
+    finite = score[np.isfinite(score)]
+    low, high = (finite.min() - 1, finite.max() + 1) if len(finite) else (-1.0, 1.0)
+    return np.where(score == np.inf, high, np.where(score == -np.inf, low, score))
 
 
 def score_metrics(is_positive, scores, *, metrics=None, n_resamples=1000, random_state=0):

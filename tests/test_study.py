@@ -329,3 +329,16 @@ def test_competitors_are_listed_with_a_known_function():
     for name, (function, params) in COMPETITORS.items():
         assert function in {"input_margin", "deepfool", "minimum_norm"}, name
         assert isinstance(params, dict)
+
+
+def test_analyse_takes_infinite_distances_as_farthest(measured):
+    # A minimum-norm attack that finds no adversarial without a box reports inf.
+    far = measured[:]
+    far.distances = {**far.distances, "DeepFool": far.distances["DeepFool"].copy()}
+    confident = np.argsort(far.distances["DeepFool"])[-5:]
+    far.distances["DeepFool"][confident] = np.inf
+    r = analyse(far, n_resamples=10).to_dict()
+    assert r["detection"]["DeepFool distance"]["auroc"]["value"] == auroc(
+        far.is_error, -far.distances["DeepFool"])
+    for name in ("LR(softmax + distances)", "LR(softmax + distances + resistance)"):
+        assert np.isfinite(r["detection"][name]["auroc"]["value"]), name
