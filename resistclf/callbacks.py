@@ -47,8 +47,7 @@ class ResistanceMonitor(Callback):
     y_val : array-like of shape (n_samples,)
         Their true labels, as given to the net's ``fit``.
     attack : ResistanceAttack or None, default=None
-        The attack's settings; None means ``ResistanceAttack()``. Lower its
-        ``batch_size`` for a few hundred images: smaller batches are padded.
+        The attack's settings; None means ``ResistanceAttack()``.
     quantiles : tuple of float, default=(0.1, 0.5, 0.9)
         Res_N quantiles to record, each in [0, 1].
     name : str, default="resistance"

@@ -595,7 +595,9 @@ class StudyResult:
             ax.legend(fontsize=7)
             fig.tight_layout()
             figures["risk_coverage"] = fig
-            figures["roc"] = plot_roc_curves(is_error, {name: self.scores[name]
+            # scikit-learn's ROC curve needs finite scores; moving infinities past the finite
+            # values changes no rank, so no point of the curve.
+            figures["roc"] = plot_roc_curves(is_error, {name: _finite(self.scores[name])
                                                          for name in shown})
             result = m.attacks[0]
             # Heavy tails (images that never flip reach |r| = 70; 1 - max-softmax spans ten
