@@ -176,7 +176,7 @@ def _numpy_peak(function):
 @pytest.mark.parametrize("cache", [None, AttackCache()])
 def test_classifier_reads_a_memmap_a_batch_at_a_time(tmp_path, cache):
     rng = np.random.RandomState(0)
-    X = rng.rand(1000, 1, 32, 32).astype(np.float32)  # 4 MB
+    X = rng.rand(4000, 1, 32, 32).astype(np.float32)  # 16 MB
     np.save(tmp_path / "X.npy", X)
     memmap = np.load(tmp_path / "X.npy", mmap_mode="r")
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def test_classifier_reads_a_memmap_a_batch_at_a_time(tmp_path, cache):
     expected = fitted(None).transform(X)
     clf = fitted(cache)
     peak = _numpy_peak(lambda: (clf.transform(memmap), clf.predict_proba(memmap)))
-    # A batch is 128 kB; a copy of X would be 4 MB.
+    # The attack reads eight batches of 128 kB at a time (1 MB); a copy of X would be 16 MB.
     assert peak < X.nbytes / 4, f"{peak} bytes at once"
     np.testing.assert_array_equal(clf.transform(memmap), expected)
 
