@@ -25,6 +25,17 @@ def _image(ax, image, title):
     ax.set_yticks([])
 
 
+def _distinct_lines(ax, n_lines):
+    """Give each of ``n_lines`` curves on ``ax`` its own look: past the colour cycle's length,
+    the colours come again dashed, then dotted, instead of repeating unchanged."""
+    import matplotlib.pyplot as plt
+    from matplotlib import cycler
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", [])
+    if colors and n_lines > len(colors):
+        ax.set_prop_cycle(cycler(linestyle=["-", "--", ":"]) * cycler(color=colors))
+
+
 def plot_attack_traces(conf_traces, norm_traces, images, titles):
     """The write-up's figure: Conf and ``|r|`` over the attack, beside each image.
 
@@ -134,6 +145,7 @@ def plot_roc_curves(is_error, scores, *, ax=None, title="Detecting the net's err
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 5)) if ax is None else (ax.figure, ax)
+    _distinct_lines(ax, len(scores))
     for name, score in scores.items():
         last = name == list(scores)[-1]
         RocCurveDisplay.from_predictions(is_error, score, name=name, ax=ax,

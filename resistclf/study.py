@@ -578,8 +578,8 @@ class StudyResult:
             ``risk_coverage``, ``roc`` and ``histograms`` where the samples hold
             errors and correct predictions, and ``errors`` with ``X``.
         """
-        from .plotting import RiskCoverageDisplay, plot_histograms, plot_image_grid, \
-            plot_roc_curves
+        from .plotting import RiskCoverageDisplay, _distinct_lines, plot_histograms, \
+            plot_image_grid, plot_roc_curves
 
         m, figures = self.measurements, {}
         is_error = m.is_error
@@ -588,6 +588,7 @@ class StudyResult:
             import matplotlib.pyplot as plt
 
             fig, ax = plt.subplots(figsize=(7, 5))
+            _distinct_lines(ax, len(shown))
             for name in shown:
                 RiskCoverageDisplay.from_predictions(is_error, self.scores[name], name=name,
                                                      ax=ax)

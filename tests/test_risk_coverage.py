@@ -27,7 +27,7 @@ from resistclf.metrics import (
     risk_coverage_curve,
     tpr_at_fpr,
 )
-from resistclf.plotting import RiskCoverageDisplay, plot_histograms
+from resistclf.plotting import RiskCoverageDisplay, plot_histograms, plot_roc_curves
 
 matplotlib.use("Agg")
 
@@ -392,6 +392,21 @@ def test_risk_coverage_display_from_resistance_classifier(ax, trained_cnn, digit
 def test_risk_coverage_display_from_estimator_needs_probabilities(ax):
     with pytest.raises(TypeError, match="predict_proba"):
         RiskCoverageDisplay.from_estimator(object(), np.zeros((2, 2)), [0, 1], ax=ax)
+
+
+def test_plot_roc_curves_gives_every_curve_its_own_look():
+    # Twelve detectors and a ten-colour cycle: the two past ten come again dashed.
+    rng = np.random.default_rng(3)
+    is_error = rng.random(60) < 0.3
+    scores = {f"score {i}": rng.random(60) for i in range(12)}
+    fig = plot_roc_curves(is_error, scores)
+    curves = [line for line in fig.axes[0].get_lines() if line.get_label() in
+              {f"{name} (AUC = {roc_auc_score(is_error, score):.2f})"
+               for name, score in scores.items()}]
+    looks = {(matplotlib.colors.to_hex(line.get_color()), line.get_linestyle())
+             for line in curves}
+    assert len(curves) == len(looks) == 12
+    plt.close(fig)
 
 
 # --------------------------------------------------------------- histograms
