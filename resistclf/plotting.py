@@ -25,15 +25,31 @@ def _image(ax, image, title):
     ax.set_yticks([])
 
 
-def _distinct_lines(ax, n_lines):
-    """Give each of ``n_lines`` curves on ``ax`` its own look: past the colour cycle's length,
-    the colours come again dashed, then dotted, instead of repeating unchanged."""
+def distinct_line_styles(ax, n_lines):
+    """Give each of ``n_lines`` curves about to be drawn on ``ax`` its own look.
+
+    Past the colour cycle's length, colours repeat dashed, then dotted, instead
+    of repeating unchanged; with no more curves than colours, ``ax`` is left as
+    it is.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+        The axes whose property cycle is set.
+    n_lines : int
+        How many curves will be drawn on ``ax``.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
     import matplotlib.pyplot as plt
     from matplotlib import cycler
 
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", [])
     if colors and n_lines > len(colors):
         ax.set_prop_cycle(cycler(linestyle=["-", "--", ":"]) * cycler(color=colors))
+    return ax
 
 
 def plot_attack_traces(conf_traces, norm_traces, images, titles):
@@ -145,7 +161,7 @@ def plot_roc_curves(is_error, scores, *, ax=None, title="Detecting the net's err
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 5)) if ax is None else (ax.figure, ax)
-    _distinct_lines(ax, len(scores))
+    distinct_line_styles(ax, len(scores))
     for name, score in scores.items():
         last = name == list(scores)[-1]
         RocCurveDisplay.from_predictions(is_error, score, name=name, ax=ax,

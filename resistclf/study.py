@@ -578,7 +578,7 @@ class StudyResult:
             ``risk_coverage``, ``roc`` and ``histograms`` where the samples hold
             errors and correct predictions, and ``errors`` with ``X``.
         """
-        from .plotting import RiskCoverageDisplay, _distinct_lines, plot_histograms, \
+        from .plotting import RiskCoverageDisplay, distinct_line_styles, plot_histograms, \
             plot_image_grid, plot_roc_curves
 
         m, figures = self.measurements, {}
@@ -588,7 +588,7 @@ class StudyResult:
             import matplotlib.pyplot as plt
 
             fig, ax = plt.subplots(figsize=(7, 5))
-            _distinct_lines(ax, len(shown))
+            distinct_line_styles(ax, len(shown))
             for name in shown:
                 RiskCoverageDisplay.from_predictions(is_error, self.scores[name], name=name,
                                                      ax=ax)

@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 
 from .. import ResistanceAttack, ResultStore
 from ..models import MLP, SimpleCNN
-from ..plotting import RiskCoverageDisplay, plot_boxplots
+from ..plotting import RiskCoverageDisplay, distinct_line_styles, plot_boxplots
 from ..study import SHOWN, analyse, complementarity_table, count_cell, detection_table, \
     markdown_table, measure, metric_cell, percent_cell
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
@@ -143,7 +143,9 @@ def _figures(studies):
             ax.set_title(name)
             ax.text(0.5, 0.5, "too few errors or correct predictions", ha="center")
         else:
-            for score in [s for s in SHOWN if s in study.scores]:
+            shown = [s for s in SHOWN if s in study.scores]
+            distinct_line_styles(ax, len(shown))
+            for score in shown:
                 RiskCoverageDisplay.from_predictions(m.is_error, study.scores[score],
                                                      name=score, ax=ax)
             ax.set_title(f"{name}: risk against coverage")
