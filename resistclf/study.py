@@ -49,8 +49,9 @@ from .scores import (
 
 __all__ = ["COMPETITORS", "DEFAULT_COMPETITORS", "Measurements", "StudyResult", "analyse",
            "complementarity_table", "cost_cell", "count_cell", "detection_table",
-           "distance_name", "label_indices", "markdown_table", "measure", "metric_cell", "percent_cell",
-           "proportion", "resistance_key", "run_study", "score_metrics", "with_interval"]
+           "distance_name", "label_indices", "markdown_table", "measure", "metric_cell",
+           "percent_cell", "proportion", "resistance_key", "run_study", "score_metrics",
+           "with_interval"]
 
 #: The per-sample fields of an AttackResult that a study keeps (traces are never kept).
 _ATTACK_FIELDS = [f.name for f in fields(AttackResult) if not f.name.endswith("_trace")]
@@ -1014,9 +1015,10 @@ def complementarity_table(results):
         return (f"{scale * d['difference']:+.{digits}f} [{scale * low:+.{digits}f}, "
                 f"{scale * high:+.{digits}f}]: {d['verdict']}")
 
-    return markdown_table(["question", "detector with", "detector without", "Δ AUROC", "Δ AURC ×1000"],
-                  [[name, row["with"], row["without"], cell(row, "auroc", 1),
-                    cell(row, "aurc", 1000)] for name, row in results.items()])
+    return markdown_table(["question", "detector with", "detector without", "Δ AUROC",
+                           "Δ AURC ×1000"],
+                          [[name, row["with"], row["without"], cell(row, "auroc", 1),
+                            cell(row, "aurc", 1000)] for name, row in results.items()])
 
 
 def _markdown(r, groups, h):
