@@ -24,10 +24,15 @@ __all__ = [
     "augrc",
     "aurc",
     "auroc",
+    "bootstrap_distribution",
     "bootstrap_interval",
     "detection_metrics",
     "eaurc",
+    "equivalence_test",
     "fpr_at_tpr",
+    "holm",
+    "mcnemar_test",
+    "paired_difference",
     "risk_coverage_curve",
     "softmax_topk",
     "topk_accuracy",
@@ -488,33 +493,34 @@ def softmax_topk(proba, classes, k):
     return classes[np.argsort(-proba, axis=1, kind="stable")[:, :k]]
 
 
-def bootstrap_interval(statistic, *arrays, n_resamples=1000, confidence=0.95,
-                       random_state=0):
-    """Percentile bootstrap interval of ``statistic(*arrays)``, resampling samples jointly.
+def bootstrap_distribution(statistic, *arrays, groups=None, n_resamples=1000, random_state=0):
+    """The values of ``statistic(*arrays)`` over bootstrap resamples of the samples.
 
-    Resamples on which the statistic is undefined (NaN, such as an AUROC on a
-    resample with no errors) are left out. The resamples are those of
-    ``scipy.stats.bootstrap(..., random_state=random_state)``, so a seed gives
-    the same interval as the scipy-based version of this function did.
+    Without ``groups``, each resample draws ``n_samples`` rows with
+    replacement. With ``groups``, it draws as many groups as there are, with
+    replacement, and takes every row of each group drawn, as often as it is
+    drawn (the cluster bootstrap): rows that share a source, such as an image
+    and its corrupted copies, are resampled together, since only the sources
+    were drawn at random. Arrays resampled together stay paired, so a
+    statistic that compares two methods on the same rows gets a paired
+    distribution.
 
     Parameters
     ----------
     statistic : callable
         Takes the arrays (resampled together, along their first axis) and
-        returns a float, or a dict of str to float (such as
-        :func:`detection_metrics`): then every entry gets its interval from
-        the same resamples, for the cost of one pass.
+        returns a float, or a dict of str to float.
     *arrays : array-like of shape (n_samples, ...)
+    groups : array-like of shape (n_samples,) or None, default=None
+        The source of each row; rows of one source are drawn together.
     n_resamples : int, default=1000
-    confidence : float, default=0.95
-        Strictly between 0 and 1.
     random_state : int, default=0
 
     Returns
     -------
-    low, high : float
-        NaN if the statistic is undefined on every resample. A dict of
-        str to ``(low, high)`` if ``statistic`` returns a dict.
+    values : ndarray of shape (n_resamples,) or dict of str to ndarray
+        One value per resample (NaN where the statistic is undefined, such as
+        an AUROC on a resample without errors).
     """
     if not callable(statistic):
         raise TypeError(f"statistic must be a callable; got a {type(statistic).__name__}.")
@@ -522,10 +528,6 @@ def bootstrap_interval(statistic, *arrays, n_resamples=1000, confidence=0.95,
     if isinstance(n_resamples, bool) or not (
             isinstance(n_resamples, numbers.Integral) and n_resamples >= 1):
         raise ValueError(f"n_resamples must be a positive integer; got {n_resamples!r}.")
-    if isinstance(confidence, bool) or not (
-            isinstance(confidence, numbers.Real) and 0 < confidence < 1):
-        raise ValueError(f"confidence must be a number strictly between 0 and 1; got "
-                         f"{confidence!r}.")
     if not arrays:
         raise ValueError("bootstrap_interval needs at least one array to resample.")
     if any(a.ndim == 0 for a in arrays):
@@ -538,13 +540,85 @@ def bootstrap_interval(statistic, *arrays, n_resamples=1000, confidence=0.95,
     if n == 0:
         raise ValueError("The arrays are empty: there are no samples to resample.")
     rng = np.random.RandomState(random_state)
-    # One row of indices at a time: the same stream as one (n_resamples, n) draw.
     values = [statistic(*(a[i] for a in arrays))
-              for i in (rng.randint(0, n, n) for _ in range(n_resamples))]
-    tail = 100 * (1 - confidence) / 2
+              for i in _resampled_rows(n, groups, n_resamples, rng)]
     if isinstance(values[0], dict):
-        return {key: _percentile_interval([v[key] for v in values], tail) for key in values[0]}
+        return {key: np.array([v[key] for v in values], dtype=float) for key in values[0]}
+    return np.asarray(values, dtype=float)
+
+
+def _resampled_rows(n, groups, n_resamples, rng):
+    """Row indices of each resample: rows, or whole groups of rows, drawn with replacement."""
+    if groups is None:
+        # One row of indices at a time: the same stream as one (n_resamples, n) draw.
+        for _ in range(n_resamples):
+            yield rng.randint(0, n, n)
+        return
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups must hold one source per sample, shape ({n},); got shape "
+                         f"{groups.shape}.")
+    _, codes = np.unique(groups, return_inverse=True)
+    rows_by_group = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes)
+    starts = np.cumsum(sizes) - sizes
+    for _ in range(n_resamples):
+        drawn = rng.randint(0, len(sizes), len(sizes))
+        drawn_sizes = sizes[drawn]
+        # Position within each drawn group, added to that group's first row.
+        offsets = np.arange(drawn_sizes.sum()) - np.repeat(np.cumsum(drawn_sizes)
+                                                           - drawn_sizes, drawn_sizes)
+        yield rows_by_group[np.repeat(starts[drawn], drawn_sizes) + offsets]
+
+
+def bootstrap_interval(statistic, *arrays, groups=None, n_resamples=1000, confidence=0.95,
+                       random_state=0):
+    """Percentile bootstrap interval of ``statistic(*arrays)``, resampling samples jointly.
+
+    Resamples on which the statistic is undefined (NaN, such as an AUROC on a
+    resample with no errors) are left out. Without ``groups`` the resamples
+    are those of ``scipy.stats.bootstrap(..., random_state=random_state)``, so
+    a seed gives the same interval as the scipy-based version of this function
+    did.
+
+    Parameters
+    ----------
+    statistic : callable
+        Takes the arrays (resampled together, along their first axis) and
+        returns a float, or a dict of str to float (such as
+        :func:`detection_metrics`): then every entry gets its interval from
+        the same resamples, for the cost of one pass.
+    *arrays : array-like of shape (n_samples, ...)
+    groups : array-like of shape (n_samples,) or None, default=None
+        The source of each row: rows of one source (an image and its
+        corrupted copies, one image under several nets) are resampled
+        together, as a cluster bootstrap (see :func:`bootstrap_distribution`).
+        None treats every row as drawn independently.
+    n_resamples : int, default=1000
+    confidence : float, default=0.95
+        Strictly between 0 and 1.
+    random_state : int, default=0
+
+    Returns
+    -------
+    low, high : float
+        NaN if the statistic is undefined on every resample. A dict of
+        str to ``(low, high)`` if ``statistic`` returns a dict.
+    """
+    _check_confidence(confidence)
+    values = bootstrap_distribution(statistic, *arrays, groups=groups, n_resamples=n_resamples,
+                                    random_state=random_state)
+    tail = 100 * (1 - confidence) / 2
+    if isinstance(values, dict):
+        return {key: _percentile_interval(v, tail) for key, v in values.items()}
     return _percentile_interval(values, tail)
+
+
+def _check_confidence(confidence):
+    if isinstance(confidence, bool) or not (
+            isinstance(confidence, numbers.Real) and 0 < confidence < 1):
+        raise ValueError(f"confidence must be a number strictly between 0 and 1; got "
+                         f"{confidence!r}.")
 
 
 def _percentile_interval(values, tail):
@@ -553,3 +627,168 @@ def _percentile_interval(values, tail):
         return np.nan, np.nan
     low, high = np.nanpercentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def paired_difference(statistic, *arrays, groups=None, n_resamples=1000, confidence=0.95,
+                      random_state=0):
+    """A difference between two methods on the same samples, with its paired bootstrap test.
+
+    Parameters
+    ----------
+    statistic : callable
+        Takes the arrays and returns the difference (method A − method B), a
+        float, or a dict of str to float for several differences at once.
+        Both methods' values must come from the arrays it is given, so that
+        every resample pairs them on the same samples.
+    *arrays : array-like of shape (n_samples, ...)
+    groups : array-like of shape (n_samples,) or None, default=None
+        Sources of the rows, resampled together (see :func:`bootstrap_interval`).
+    n_resamples : int, default=1000
+    confidence : float, default=0.95
+    random_state : int, default=0
+
+    Returns
+    -------
+    result : dict, or dict of str to dict
+        ``difference`` (on the samples as they are), ``ci`` (the percentile
+        interval) and ``p_value``: twice the smaller share of resamples on
+        either side of 0, the two-sided p-value that matches the percentile
+        interval (below ``1 - confidence`` exactly where the interval
+        excludes 0, up to resampling ties).
+    """
+    _check_confidence(confidence)
+    observed = statistic(*(np.asarray(a) for a in arrays))
+    values = bootstrap_distribution(statistic, *arrays, groups=groups, n_resamples=n_resamples,
+                                    random_state=random_state)
+    tail = 100 * (1 - confidence) / 2
+
+    def summary(value, resampled):
+        resampled = resampled[~np.isnan(resampled)]
+        p_value = float(min(1.0, 2 * min(np.mean(resampled <= 0), np.mean(resampled >= 0)))) \
+            if len(resampled) else np.nan
+        return {"difference": float(value), "ci": _percentile_interval(resampled, tail),
+                "p_value": p_value}
+
+    if isinstance(observed, dict):
+        return {key: summary(observed[key], values[key]) for key in observed}
+    return summary(observed, values)
+
+
+def equivalence_test(statistic, *arrays, margin, groups=None, n_resamples=1000, alpha=0.05,
+                     random_state=0):
+    """Two one-sided tests (TOST) that a difference lies within ``±margin``.
+
+    The difference is declared equivalent to 0 when the whole ``1 - 2 alpha``
+    percentile bootstrap interval (90% at the default ``alpha``) lies strictly
+    inside ``(-margin, margin)``: both one-sided tests at level ``alpha``
+    reject. A difference test that finds nothing is no evidence of
+    equivalence; a noisy method gets a wide interval here, which fails.
+
+    Parameters
+    ----------
+    statistic : callable
+        Takes the arrays and returns the difference (A − B), or a dict of str to
+        float.
+    *arrays : array-like of shape (n_samples, ...)
+    margin : float or dict of str to float
+        The largest difference that counts as none, fixed before the data are
+        seen; a dict gives one per key of the statistic's dict.
+    groups : array-like of shape (n_samples,) or None, default=None
+        Sources of the rows, resampled together.
+    n_resamples : int, default=1000
+    alpha : float, default=0.05
+        The level of each one-sided test, strictly between 0 and 0.5.
+    random_state : int, default=0
+
+    Returns
+    -------
+    result : dict, or dict of str to dict
+        ``difference``, ``ci`` (the ``1 - 2 alpha`` interval), ``margin`` and
+        ``equivalent`` (bool).
+    """
+    if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real) and 0 < alpha < 0.5):
+        raise ValueError(f"alpha must be a number strictly between 0 and 0.5; got {alpha!r}.")
+    tested = paired_difference(statistic, *arrays, groups=groups, n_resamples=n_resamples,
+                               confidence=1 - 2 * alpha, random_state=random_state)
+
+    def judge(result, bound):
+        if isinstance(bound, bool) or not (isinstance(bound, numbers.Real) and bound > 0):
+            raise ValueError(f"margin must be a positive number; got {bound!r}.")
+        low, high = result["ci"]
+        return {"difference": result["difference"], "ci": (low, high), "margin": float(bound),
+                "equivalent": bool(-bound < low and high < bound)}
+
+    if "difference" in tested:
+        return judge(tested, margin)
+    margins = margin if isinstance(margin, dict) else dict.fromkeys(tested, margin)
+    missing = sorted(set(tested) - set(margins))
+    if missing:
+        raise ValueError(f"margin gives no margin for {missing}.")
+    return {key: judge(result, margins[key]) for key, result in tested.items()}
+
+
+def mcnemar_test(a_right, b_right):
+    """Exact McNemar test of two methods' paired right-or-wrong outcomes on the same samples.
+
+    Only the samples where the two differ count: under the null hypothesis
+    each of them favours either method with probability 1/2 (a two-sided
+    binomial test, ``scipy.stats.binomtest``). The samples must be drawn
+    independently; for rows that share a source use :func:`paired_difference`
+    with ``groups``.
+
+    Parameters
+    ----------
+    a_right, b_right : array-like of bool, shape (n_samples,)
+        Whether each method is right on each sample.
+
+    Returns
+    -------
+    result : dict
+        ``a_only`` and ``b_only`` (samples only one method gets right),
+        ``difference`` (``a_only - b_only``) and ``p_value``.
+    """
+    from scipy.stats import binomtest
+
+    a_right, b_right = np.asarray(a_right), np.asarray(b_right)
+    if a_right.shape != b_right.shape or a_right.ndim != 1:
+        raise ValueError(f"a_right and b_right must be 1-D arrays of one length; got shapes "
+                         f"{a_right.shape} and {b_right.shape}.")
+    if a_right.dtype != bool or b_right.dtype != bool:
+        raise ValueError(f"a_right and b_right must be boolean; got dtypes {a_right.dtype} and "
+                         f"{b_right.dtype}.")
+    a_only, b_only = int(np.sum(a_right & ~b_right)), int(np.sum(b_right & ~a_right))
+    p_value = 1.0 if a_only + b_only == 0 else float(
+        binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return {"a_only": a_only, "b_only": b_only, "difference": a_only - b_only,
+            "p_value": p_value}
+
+
+def holm(p_values):
+    """Holm's step-down adjustment of p-values for a family of tests.
+
+    Rejecting where the adjusted p-value is below alpha controls the chance of
+    any false rejection in the family at alpha, whatever the tests'
+    dependence. NaN p-values (tests that could not be run) stay NaN and do
+    not count towards the family.
+
+    Parameters
+    ----------
+    p_values : array-like of shape (n_tests,) or dict of str to float
+
+    Returns
+    -------
+    adjusted : ndarray of shape (n_tests,) or dict of str to float
+    """
+    if isinstance(p_values, dict):
+        return dict(zip(p_values, holm(np.array(list(p_values.values()), dtype=float))
+                        .tolist()))
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or ((p < 0) | (p > 1)).any():
+        raise ValueError(f"p_values must be a 1-D array of numbers in [0, 1]; got {p_values!r}.")
+    adjusted = np.full(len(p), np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    steps = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted[order] = np.minimum(steps, 1.0)
+    return adjusted
