@@ -188,7 +188,7 @@ BAD_ARGUMENTS = [
     (metrics.bootstrap_interval, (np.mean, SCORE), {"confidence": 0}, ValueError,
      "confidence must be a number strictly between 0 and 1"),
     (metrics.bootstrap_interval, (np.mean, SCORE), {"groups": [0, 1]}, ValueError,
-     r"groups must hold one source per sample, shape \(8,\); got shape \(2,\)"),
+     r"groups must hold one source per sample, shape \(4,\); got shape \(2,\)"),
     (metrics.equivalence_test, (np.mean, SCORE), {"margin": 0}, ValueError,
      "margin must be a positive number; got 0"),
     (metrics.equivalence_test, (np.mean, SCORE), {"margin": 0.1, "alpha": 0.5}, ValueError,
