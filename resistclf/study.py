@@ -30,14 +30,16 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 from joblib import effective_n_jobs
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ._attack import ALL_FEATURE_NAMES, AttackResult, ResistanceAttack
 from ._cache import ResultStore, _settings, as_rows
 from ._estimator import _correct, _topk_indices, make_detector
 from ._nets import check_net, eval_mode, forward, logit_module, module_dtype, net_classes, \
     on_device, resolve_device
-from .metrics import bootstrap_interval, detection_metrics
+from .metrics import bootstrap_interval, detection_metrics, equivalence_test, holm, \
+    mcnemar_test, paired_difference
 from .scores import (
     SOFTMAX_SCORES,
     deepfool,
@@ -47,11 +49,11 @@ from .scores import (
     softmax_scores,
 )
 
-__all__ = ["COMPETITORS", "DEFAULT_COMPETITORS", "Measurements", "StudyResult", "analyse",
-           "complementarity_table", "cost_cell", "count_cell", "detection_table",
-           "distance_name", "label_indices", "markdown_table", "measure", "metric_cell",
-           "percent_cell", "proportion", "resistance_key", "run_study", "score_metrics",
-           "with_interval"]
+__all__ = ["COMPETITORS", "DEFAULT_COMPETITORS", "EQUIVALENCE_MARGIN", "Measurements",
+           "PRIMARY_QUESTION", "StudyResult", "analyse", "complementarity_table", "cost_cell",
+           "count_cell", "detection_table", "distance_name", "label_indices", "markdown_table",
+           "measure", "metric_cell", "percent_cell", "proportion", "resistance_key",
+           "run_study", "score_metrics", "tests_markdown", "verdict_markdown", "with_interval"]
 
 #: The per-sample fields of an AttackResult that a study keeps (traces are never kept).
 _ATTACK_FIELDS = [f.name for f in fields(AttackResult) if not f.name.endswith("_trace")]
@@ -85,6 +87,15 @@ COMPLEMENTS = {
     "LR(resistance + max-softmax) beyond max-softmax": ("LR(resistance + max-softmax)",
                                                         "max-softmax"),
 }
+#: Each report's primary question, fixed before any data is seen: the complementarity row
+#: it reads, tested on Δ AUROC.
+PRIMARY = "resistance beyond the softmax"
+PRIMARY_QUESTION = ("Does resistance add to the softmax in detecting the net's errors? "
+                    "(Δ AUROC of the same learned detector with and without the resistance "
+                    "features, paired, out of fold)")
+#: The margins of the equivalence tests (TOST), declared before the runs they judge: a
+#: difference in AUROC within ±0.005 changes no ranking of detectors a reader would act on.
+EQUIVALENCE_MARGIN = {"auroc": 0.005}
 #: The scores drawn in the ROC and risk-coverage figures, where present.
 SHOWN = ["Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", "max-softmax",
          "input-space margin", "DeepFool distance", "FMN-L2 distance", "DDN distance",
@@ -250,7 +261,7 @@ class Measurements:
         """
         return _topk_indices(self.attacks, self.logits, k)
 
-    def corrected_predictions(self, *, folds=5, random_state=0):
+    def corrected_predictions(self, *, folds=5, random_state=0, groups=None, train=None):
         """Detect-then-correct's predictions, cross-validated over the samples.
 
         Each fold's detector and threshold are fit, as
@@ -265,6 +276,13 @@ class Measurements:
         random_state : int, default=0
             Seeds the folds and each fold's detector, as ``random_state`` seeds
             :class:`~resistclf.ResistanceClassifier`.
+        groups : array-like of shape (n_samples,) or None, default=None
+            The source of each sample: samples of one source (an image and its
+            corrupted copies) stay in one fold (``StratifiedGroupKFold``).
+        train : array-like of bool, shape (n_samples,) or None, default=None
+            The samples each fold's detector may learn from (FD-Shifts: the
+            i.i.d. ones); every sample of a class is still corrected out of
+            fold. None means all.
 
         Returns
         -------
@@ -276,17 +294,18 @@ class Measurements:
         corrected = self.prediction.copy()
         known = np.flatnonzero(self.y >= 0)
         y, result = self.y[known], self.attacks[0][known]
-        counts = np.bincount(y) if len(y) else np.zeros(1, int)
+        learns = np.ones(len(known), dtype=bool) if train is None else np.asarray(
+            train, dtype=bool)[known]
+        counts = np.bincount(y[learns]) if learns.any() else np.zeros(1, int)
         n_splits = min(folds, counts.max())
         if n_splits < 2:
             raise ValueError(f"Cross-validated correction needs a class with at least 2 "
                              f"samples; the largest has {counts.max()}.")
-        with warnings.catch_warnings():  # classes with fewer members than folds
-            warnings.filterwarnings("ignore", "The least populated class", UserWarning)
-            splits = list(StratifiedKFold(n_splits, shuffle=True, random_state=random_state)
-                          .split(np.zeros(len(y)), y))
-        for train, held in splits:
-            corrected[known[held]] = _correct(result[train], y[train], result[held],
+        splits = _splits(y, None if groups is None else np.asarray(groups)[known], n_splits,
+                         random_state)
+        for fit, held in splits:
+            fit = fit[learns[fit]]
+            corrected[known[held]] = _correct(result[fit], y[fit], result[held],
                                               random_state=random_state)
         return corrected
 
@@ -528,12 +547,20 @@ class StudyResult:
         The scores by family, in the order the detection table shows them.
     results : dict
         Every figure of the analysis, as JSON holds it (see :meth:`to_dict`).
+    fold : ndarray of shape (n_samples,)
+        The fold each sample's learned scores were predicted in (-1 where no
+        detector was learned).
+    sources : ndarray of shape (n_samples,) or None
+        The source of each sample, where samples share one (``groups`` of
+        :func:`analyse`).
     """
 
     measurements: Measurements
     scores: dict
     groups: dict
     results: dict
+    fold: np.ndarray = None
+    sources: np.ndarray = None
 
     def to_dict(self):
         """The analysis as JSON-able values.
@@ -619,17 +646,29 @@ class StudyResult:
         return figures
 
 
-def analyse(measurements, *, folds=5, n_resamples=1000, random_state=0):
+def analyse(measurements, *, groups=None, train=None, folds=5, n_resamples=1000,
+            random_state=0):
     """Every claim of the write-up on ``measurements``, beside its baseline.
 
     Parameters
     ----------
     measurements : Measurements
+    groups : array-like of shape (n_samples,) or None, default=None
+        The source each sample was made from, where samples share one (an
+        image and its corrupted copies): the bootstrap resamples whole sources
+        (a cluster bootstrap) and the folds keep each source's samples
+        together. None means every sample was drawn on its own.
+    train : array-like of bool, shape (n_samples,) or None, default=None
+        The samples the learned detectors and detect-then-correct may learn
+        from; every sample is still scored out of fold. FD-Shifts' protocol
+        under distribution shift passes the i.i.d. samples here, so that no
+        detector sees the shift it is tested on. None means all.
     folds : int, default=5
         Folds of the out-of-fold learned detectors and of detect-then-correct
         (fewer where there are fewer errors).
     n_resamples : int, default=1000
-        Bootstrap resamples of the samples, for the 95% intervals.
+        Bootstrap resamples (of the samples, or of the sources), for the 95%
+        intervals.
     random_state : int, default=0
         Seeds the folds and the bootstrap.
 
@@ -646,49 +685,137 @@ def analyse(measurements, *, folds=5, n_resamples=1000, random_state=0):
                 2 if name == "folds" else 1):
             raise ValueError(f"{name} must be an integer >= {2 if name == 'folds' else 1}; "
                              f"got {value!r}.")
+    groups = _per_sample("groups", groups, len(m))
+    train = _per_sample("train", train, len(m), dtype=bool)
     seed = random_state
     is_error = m.is_error
     result = m.attacks[0]
-    rate = lambda mask: proportion(mask, n_resamples=n_resamples, random_state=seed)  # noqa
+    boot = {"groups": groups, "n_resamples": n_resamples, "random_state": seed}
+    rate = lambda mask, rows=slice(None): proportion(  # noqa: E731
+        mask, groups=None if groups is None else groups[rows], n_resamples=n_resamples,
+        random_state=seed)
     scores = m.error_scores()
-    groups = {
+    families = {
         "resistance (this library)": [*RESISTANCE.values(), "LR(resistance)"],
         "softmax-derived, from one forward pass": list(SOFTMAX_SCORES),
         "attack-based competitors": [distance_name(name) for name in m.distances],
     }
-    n_errors = int(is_error.sum())
-    detectable = min(n_errors, len(m) - n_errors) >= 2
+    learns = is_error if train is None else is_error[train]
+    n_errors = int(learns.sum())
+    detectable = min(n_errors, len(learns) - n_errors) >= 2
     results = {
         "n_samples": len(m),
+        "n_sources": len(m) if groups is None else int(len(np.unique(groups))),
         "accuracy": rate(~is_error),
         "errors": rate(is_error),
-        "flip_rate": {"correct": rate(result.flipped[~is_error]),
-                      "incorrect": rate(result.flipped[is_error])},
+        "flip_rate": {"correct": rate(result.flipped[~is_error], ~is_error),
+                      "incorrect": rate(result.flipped[is_error], is_error)},
         "separation": _separation(scores, result, is_error),
-        "detection": None, "complementarity": None,
+        "detection": None, "complementarity": None, "tests": None,
         "correction": _correction(m, rate),
         "competitors": _competitor_agreement(m),
         "topk_error": _topk(m, rate),
         "detect_then_correct": None,
         "cost": _cost(m),
         "folds": folds, "n_resamples": n_resamples, "seed": seed,
+        "grouped": groups is not None,
+        "trained_on": "all samples" if train is None else f"{int(train.sum())} samples",
     }
-    if detectable:
-        splits = StratifiedKFold(min(folds, n_errors, len(m) - n_errors), shuffle=True,
-                                 random_state=seed)
-        learned = _learned_scores(is_error, scores, list(m.distances), splits)
-        scores = {**{name: scores[name] for name in groups["resistance (this library)"][:-1]},
+    fold = np.full(len(m), -1)
+    if detectable and (~is_error).any() and is_error.any():
+        fold = _fold_ids(is_error, groups, train, min(folds, n_errors, len(learns) - n_errors),
+                         seed)
+        learned = _learned_scores(is_error, scores, list(m.distances), fold, train)
+        scores = {**{name: scores[name] for name in families["resistance (this library)"][:-1]},
                   "LR(resistance)": learned.pop("LR(resistance)"),
                   **{name: score for name, score in scores.items()
                      if name not in RESISTANCE.values()}, **learned}
-        groups[f"learned combinations ({splits.n_splits}-fold out-of-fold)"] = list(learned)
-        results["detection"] = score_metrics(is_error, scores, n_resamples=n_resamples,
-                                             random_state=seed)
-        results["complementarity"] = _complementarity(is_error, scores, n_resamples, seed)
-        results["detect_then_correct"] = _detect_then_correct(m, folds, rate, seed)
-    return StudyResult(measurements=m, scores=scores, groups=groups, results=results)
+        families[f"learned combinations ({fold.max() + 1}-fold out-of-fold)"] = list(learned)
+        results["detection"] = score_metrics(is_error, scores, **boot)
+        results["complementarity"] = _complementarity(is_error, scores, boot)
+        results["detect_then_correct"] = _detect_then_correct(m, folds, rate, boot, groups,
+                                                              train)
+        results["tests"] = _tests(m, results, scores, boot)
+    return StudyResult(measurements=m, scores=scores, groups=families, results=results,
+                       fold=fold, sources=groups)
 
 
+def _per_sample(name, values, n, dtype=None):
+    """``values`` as an array of one entry per sample, or None."""
+    if values is None:
+        return None
+    values = np.asarray(values, dtype=dtype)
+    if values.shape != (n,):
+        raise ValueError(f"{name} must hold one value per sample, shape ({n},); got shape "
+                         f"{values.shape}.")
+    return values
+
+
+def _splits(y, groups, n_splits, seed):
+    """Stratified folds of the rows, keeping each group in one fold where groups are given."""
+    with warnings.catch_warnings():  # classes with fewer members than folds
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        if groups is None:
+            return list(StratifiedKFold(n_splits, shuffle=True, random_state=seed)
+                        .split(np.zeros(len(y)), y))
+        n_splits = min(n_splits, len(np.unique(groups)))
+        return list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
+                    .split(np.zeros(len(y)), y, groups))
+
+
+def _fold_ids(is_error, groups, train, n_splits, seed):
+    """The out-of-fold detectors' fold of each sample, stratified by error, by source.
+
+    Without groups or a training mask these are the folds of ``StratifiedKFold``, as before
+    either existed; every fold then holds errors and correct predictions to learn from.
+    """
+    fold = np.empty(len(is_error), dtype=np.int64)
+    if groups is None and train is not None:
+        groups = np.arange(len(is_error))
+    for k, (_, held) in enumerate(_splits(is_error, groups, n_splits, seed)):
+        fold[held] = k
+    return fold
+
+
+def _learned_scores(is_error, scores, competitors, fold, train=None):
+    """Out-of-fold error scores of learned detectors, all on the same folds.
+
+    Each fold's detectors learn from the other folds' samples that ``train`` allows (all
+    of them where it is None) and score the fold's samples. Every one is
+    :func:`~resistclf.make_detector`: each input is mapped to normal scores by its
+    quantiles, so that no monotone transform of an input (log(1 - p) or p itself) changes
+    what the logistic regression sees, and a combination does not lose to its best input.
+    (Gradient-boosted trees, the other learner with that property, scored 0.02 to 0.10
+    AUROC below max-softmax alone on a random 1,000 of the MNIST and FashionMNIST test
+    images, with 19 and 94 errors, whatever leaf size we tried.)
+    """
+    learns = np.ones(len(is_error), dtype=bool) if train is None else train
+
+    def out_of_fold(*names):
+        features = np.column_stack([_finite(scores[name]) for name in names])
+        predicted = np.empty(len(is_error))
+        for k in range(fold.max() + 1):
+            fit_rows = learns & (fold != k)
+            with warnings.catch_warnings():  # fewer training samples than quantiles
+                warnings.filterwarnings("ignore", "n_quantiles .* is greater than the total",
+                                        UserWarning)
+                detector = clone(make_detector()).fit(features[fit_rows], is_error[fit_rows])
+            predicted[fold == k] = detector.predict_proba(features[fold == k])[:, 1]
+        return predicted
+
+    resistance = list(RESISTANCE.values())
+    softmax = list(SOFTMAX_SCORES)
+    distances = [distance_name(name) for name in competitors]
+    return {
+        "LR(resistance)": out_of_fold("Res_N", "Res_max", "Res_min"),
+        "LR(resistance + max-softmax)": out_of_fold("Res_N", "Res_max", "Res_min",
+                                                    "max-softmax"),
+        "LR(softmax)": out_of_fold(*softmax),
+        "LR(softmax + resistance)": out_of_fold(*softmax, *resistance),
+        "LR(softmax + distances)": out_of_fold(*softmax, *distances),
+        "LR(softmax + distances + resistance)": out_of_fold(*softmax, *distances,
+                                                            *resistance),
+    }
 def run_study(net, X, y=None, *, attack=None, ranks=1, competitors=DEFAULT_COMPETITORS,
               net_output="auto", store=None, batch_size=256, folds=5, n_resamples=1000,
               random_state=0, verbose=False):
@@ -722,12 +849,14 @@ def run_study(net, X, y=None, *, attack=None, ranks=1, competitors=DEFAULT_COMPE
     return analyse(measured, folds=folds, n_resamples=n_resamples, random_state=random_state)
 
 
-def proportion(mask, *, n_resamples=1000, random_state=0):
+def proportion(mask, *, groups=None, n_resamples=1000, random_state=0):
     """The fraction of True in ``mask``, with its count and a bootstrap 95% interval.
 
     Parameters
     ----------
     mask : array-like of bool, shape (n_samples,)
+    groups : array-like of shape (n_samples,) or None, default=None
+        Sources of the samples, resampled together (a cluster bootstrap).
     n_resamples : int, default=1000
     random_state : int, default=0
 
@@ -741,7 +870,8 @@ def proportion(mask, *, n_resamples=1000, random_state=0):
     if not len(mask):
         return {"value": None, "ci": None, "count": 0, "of": 0}
     return {"value": float(np.mean(mask)),
-            "ci": bootstrap_interval(np.mean, mask, n_resamples=n_resamples, random_state=seed),
+            "ci": bootstrap_interval(np.mean, mask, groups=groups, n_resamples=n_resamples,
+                                     random_state=seed),
             "count": int(mask.sum()), "of": int(len(mask))}
 
 
@@ -757,39 +887,6 @@ def _separation(scores, result, is_error):
             for name, v in values.items()}
 
 
-def _learned_scores(is_error, scores, competitors, splits):
-    """Out-of-fold error scores of learned detectors, all on the same folds.
-
-    Every one is :func:`~resistclf.make_detector`: each input is mapped to normal scores by
-    its quantiles, so that no monotone transform of an input (log(1 - p) or p itself)
-    changes what the logistic regression sees, and a combination does not lose to its best
-    input. (Gradient-boosted trees, the other learner with that property, scored 0.02 to
-    0.10 AUROC below max-softmax alone on a random 1,000 of the MNIST and FashionMNIST test
-    images, with 19 and 94 errors, whatever leaf size we tried.)
-    """
-    def out_of_fold(*names):
-        features = np.column_stack([_finite(scores[name]) for name in names])
-        with warnings.catch_warnings():  # fewer training samples than quantiles is expected
-            warnings.filterwarnings("ignore", "n_quantiles .* is greater than the total number",
-                                    UserWarning)
-            return cross_val_predict(make_detector(), features, is_error, cv=splits,
-                                     method="predict_proba")[:, 1]
-
-    resistance = list(RESISTANCE.values())
-    softmax = list(SOFTMAX_SCORES)
-    distances = [distance_name(name) for name in competitors]
-    return {
-        "LR(resistance)": out_of_fold("Res_N", "Res_max", "Res_min"),
-        "LR(resistance + max-softmax)": out_of_fold("Res_N", "Res_max", "Res_min",
-                                                    "max-softmax"),
-        "LR(softmax)": out_of_fold(*softmax),
-        "LR(softmax + resistance)": out_of_fold(*softmax, *resistance),
-        "LR(softmax + distances)": out_of_fold(*softmax, *distances),
-        "LR(softmax + distances + resistance)": out_of_fold(*softmax, *distances,
-                                                            *resistance),
-    }
-
-
 def _finite(score):
     """``score`` with infinities moved just past its finite values, keeping every rank.
 
@@ -801,7 +898,8 @@ def _finite(score):
     return np.where(score == np.inf, high, np.where(score == -np.inf, low, score))
 
 
-def score_metrics(is_positive, scores, *, metrics=None, n_resamples=1000, random_state=0):
+def score_metrics(is_positive, scores, *, metrics=None, groups=None, n_resamples=1000,
+                  random_state=0):
     """Every metric of every score, each with its bootstrap 95% interval.
 
     Parameters
@@ -814,6 +912,8 @@ def score_metrics(is_positive, scores, *, metrics=None, n_resamples=1000, random
         ``metric(is_positive, score)`` to a float. None means the keys of
         :data:`METRICS`, all from one sort by
         :func:`~resistclf.metrics.detection_metrics`.
+    groups : array-like of shape (n_samples,) or None, default=None
+        Sources of the samples, resampled together (a cluster bootstrap).
     n_resamples : int, default=1000
     random_state : int, default=0
 
@@ -831,13 +931,13 @@ def score_metrics(is_positive, scores, *, metrics=None, n_resamples=1000, random
     results = {}
     for name, score in scores.items():
         values = all_metrics(is_positive, score)
-        intervals = bootstrap_interval(all_metrics, is_positive, score,
+        intervals = bootstrap_interval(all_metrics, is_positive, score, groups=groups,
                                        n_resamples=n_resamples, random_state=random_state)
         results[name] = {key: {"value": values[key], "ci": intervals[key]} for key in values}
     return results
 
 
-def _complementarity(is_error, scores, n_resamples, seed):
+def _complementarity(is_error, scores, boot):
     """Paired bootstrap differences in AUROC and AURC of each pair of ``COMPLEMENTS``."""
     def differences(e, a, b):
         with_, without = detection_metrics(e, a), detection_metrics(e, b)
@@ -845,17 +945,110 @@ def _complementarity(is_error, scores, n_resamples, seed):
 
     results = {}
     for name, (with_, without) in COMPLEMENTS.items():
-        values = differences(is_error, scores[with_], scores[without])
-        intervals = bootstrap_interval(differences, is_error, scores[with_], scores[without],
-                                       n_resamples=n_resamples, random_state=seed)
+        tested = paired_difference(differences, is_error, scores[with_], scores[without],
+                                   **boot)
         row = {"with": with_, "without": without}
-        for key, (low, high) in intervals.items():
-            better = low > 0 if key == "auroc" else high < 0
-            worse = high < 0 if key == "auroc" else low > 0
-            row[key] = {"difference": values[key], "ci": (low, high),
-                        "verdict": "adds" if better else "loses" if worse else "no difference"}
+        for key, test in tested.items():
+            row[key] = {**test, "verdict": _verdict(test["ci"], higher_is_better=key == "auroc",
+                                                    words=("adds", "loses"))}
         results[name] = row
     return results
+
+
+def _verdict(ci, *, higher_is_better=True, words=("better", "worse")):
+    """The word for a difference whose 95% interval is ``ci``: a difference test found one,
+    or it did not (which is not evidence of none: see the equivalence test)."""
+    low, high = ci
+    if np.isnan(low):
+        return "n/a"
+    if low > 0 or high < 0:
+        return words[0] if (low > 0) == higher_is_better else words[1]
+    return "no difference found"
+
+
+def _tests(m, r, scores, boot):
+    """The primary test, fixed before any data is seen, and the secondary ones, Holm-adjusted.
+
+    Primary: does resistance add to the softmax in detecting the net's errors (Δ AUROC of
+    the same learned detector with and without the resistance features, paired), with two
+    one-sided tests of equivalence within :data:`EQUIVALENCE_MARGIN`. Secondary: the other
+    complementarity questions, the best resistance score against the best softmax-derived
+    score, the correction claim against the softmax second choice, top-2, and
+    detect-then-correct's change in top-1 accuracy.
+    """
+    is_error = m.is_error
+    with_, without = COMPLEMENTS[PRIMARY]
+    primary = {"question": PRIMARY_QUESTION, "with": with_, "without": without,
+               "metric": "auroc", **r["complementarity"][PRIMARY]["auroc"]}
+    primary["equivalence"] = equivalence_test(
+        lambda e, a, b: detection_metrics(e, a)["auroc"] - detection_metrics(e, b)["auroc"],
+        is_error, scores[with_], scores[without], margin=EQUIVALENCE_MARGIN["auroc"], **boot)
+
+    secondary = {}
+    for name, row in r["complementarity"].items():
+        for key in ("auroc", "aurc"):
+            if (name, key) != (PRIMARY, "auroc"):
+                secondary[f"{name}: Δ {METRICS[key]}"] = {
+                    "with": row["with"], "without": row["without"], "metric": key, **row[key]}
+    detection = r["detection"]
+    best = {family: max(names, key=lambda name: detection[name]["auroc"]["value"])
+            for family, names in (("resistance", [*RESISTANCE.values(), "LR(resistance)"]),
+                                  ("softmax", list(SOFTMAX_SCORES)))}
+    secondary["best resistance score against the best softmax score: Δ AUROC"] = {
+        "with": best["resistance"], "without": best["softmax"], "metric": "auroc",
+        "selected": "each the highest AUROC of its family on these samples (exploratory)",
+        **paired_difference(lambda e, a, b: detection_metrics(e, a)["auroc"]
+                            - detection_metrics(e, b)["auroc"], is_error,
+                            scores[best["resistance"]], scores[best["softmax"]], **boot)}
+    secondary.update(_paired_rate_tests(m, r, boot))
+    adjusted = holm({name: test["p_value"] for name, test in secondary.items()})
+    for name, test in secondary.items():
+        test["p_holm"] = adjusted[name]
+        higher_is_better = test["metric"] not in ("aurc", "error")
+        test["verdict"] = "n/a" if np.isnan(test["p_holm"]) else (
+            "no difference found" if test["p_holm"] >= 0.05 else
+            ("better" if (test["difference"] > 0) == higher_is_better else "worse"))
+    return {"primary": primary, "secondary": secondary}
+
+
+def _paired_rate_tests(m, r, boot):
+    """Paired tests of the correction claim, top-2 and detect-then-correct, where measured.
+
+    A paired bootstrap of the difference in rates (by source, where samples share one), and
+    the exact McNemar test on the same pairs where every sample is its own source.
+    """
+    groups = boot["groups"]
+    result = m.attacks[0]
+    tests = {}
+
+    def add(name, a_right, b_right, rows, metric, with_, without):
+        if not len(rows):
+            return
+        test = paired_difference(lambda a, b: np.mean(a) - np.mean(b), a_right, b_right,
+                                 **{**boot, "groups": None if groups is None else groups[rows]})
+        if groups is None:
+            test["mcnemar"] = mcnemar_test(a_right, b_right)
+        tests[name] = {"with": with_, "without": without, "metric": metric, **test}
+
+    errors = np.flatnonzero(m.is_error & (m.y >= 0))
+    second = np.argsort(-m.logits, axis=1, kind="stable")[:, 1]
+    add("correction: adversarial class against the softmax second choice, among errors",
+        result.adversarial_class[errors] == m.y[errors], second[errors] == m.y[errors], errors,
+        "rate", "adversarial class", "softmax second choice")
+    known = np.flatnonzero(m.y >= 0)
+    if r["topk_error"] and "top2_softmax" in r["topk_error"]:
+        truth = m.y[known, None]
+        ranking = np.argsort(-m.logits, axis=1, kind="stable")
+        add("top-2 accuracy: predict_topk against softmax top-2",
+            (m.topk_labels(2)[known] == truth).any(axis=1),
+            (ranking[known, :2] == truth).any(axis=1), known, "rate", "predict_topk",
+            "softmax top-2")
+    dtc = r["detect_then_correct"]
+    if dtc is not None:
+        corrected = np.asarray(dtc.pop("_corrected"))
+        add("detect-then-correct: top-1 accuracy against the net's", corrected == m.y[known],
+            m.prediction[known] == m.y[known], known, "rate", "ResistanceClassifier", "net")
+    return tests
 
 
 def _correction(m, rate):
@@ -864,15 +1057,16 @@ def _correction(m, rate):
     errors = np.flatnonzero(m.is_error & (m.y >= 0))
     second = np.argsort(-m.logits, axis=1, kind="stable")[:, 1]
     truth = m.y[errors]
+    flipped = np.flatnonzero(result.flipped)
     correction = {
-        "adversarial_class_is_true": rate(result.adversarial_class[errors] == truth),
-        "second_choice_is_true": rate(second[errors] == truth),
-        **{f"{name}_class_is_true": rate(landing[errors] == truth)
+        "adversarial_class_is_true": rate(result.adversarial_class[errors] == truth, errors),
+        "second_choice_is_true": rate(second[errors] == truth, errors),
+        **{f"{name}_class_is_true": rate(landing[errors] == truth, errors)
            for name, landing in m.landing.items()},
         "adversarial_is_second_choice_errors": rate(
-            result.adversarial_class[errors] == second[errors]),
+            result.adversarial_class[errors] == second[errors], errors),
         "adversarial_is_second_choice_all_flipped": rate(
-            result.adversarial_class[result.flipped] == second[result.flipped]),
+            result.adversarial_class[flipped] == second[flipped], flipped),
     }
     return correction
 
@@ -899,8 +1093,8 @@ def _competitor_agreement(m):
 
 def _topk(m, rate):
     """Top-2 and top-5 error of the resistance lists and of softmax top-k, where measured."""
-    known = m.y >= 0
-    if not known.any():
+    known = np.flatnonzero(m.y >= 0)
+    if not len(known):
         return None
     ranking = np.argsort(-m.logits, axis=1, kind="stable")
     results = {}
@@ -908,29 +1102,37 @@ def _topk(m, rate):
         if len(m.classes) < k or len(m.attacks) < min(ranks_needed, len(m.classes) - 1):
             continue
         truth = m.y[known, None]
-        results[f"top{k}_predict_topk"] = rate(~(m.topk_labels(k)[known] == truth).any(axis=1))
-        results[f"top{k}_softmax"] = rate(~(ranking[known, :k] == truth).any(axis=1))
+        results[f"top{k}_predict_topk"] = rate(~(m.topk_labels(k)[known] == truth).any(axis=1),
+                                               known)
+        results[f"top{k}_softmax"] = rate(~(ranking[known, :k] == truth).any(axis=1), known)
     return results or None
 
 
-def _detect_then_correct(m, folds, rate, seed):
-    """Detect-then-correct's top-1 accuracy beside the net's, over the samples of a class."""
-    known = m.y >= 0
+def _detect_then_correct(m, folds, rate, boot, groups, train):
+    """Detect-then-correct's top-1 accuracy beside the net's, over the samples of a class.
+
+    The corrected predictions ride along under ``_corrected`` for the paired tests, which
+    take them out.
+    """
+    known = np.flatnonzero(m.y >= 0)
     try:
-        corrected = m.corrected_predictions(folds=folds, random_state=seed)[known]
+        corrected = m.corrected_predictions(folds=folds, random_state=boot["random_state"],
+                                            groups=groups, train=train)[known]
     except ValueError:  # no class with two samples
         return None
     y, prediction = m.y[known], m.prediction[known]
+    difference = paired_difference(lambda c, p, t: np.mean(c == t) - np.mean(p == t),
+                                   corrected, prediction, y,
+                                   **{**boot, "groups": None if groups is None else groups[known]})
     return {
-        "accuracy_net": rate(prediction == y),
-        "accuracy_resistance_classifier": rate(corrected == y),
-        "difference": {
-            "value": float(np.mean(corrected == y) - np.mean(prediction == y)),
-            "ci": bootstrap_interval(lambda c, p, t: np.mean(c == t) - np.mean(p == t),
-                                     corrected, prediction, y, random_state=seed)},
+        "accuracy_net": rate(prediction == y, known),
+        "accuracy_resistance_classifier": rate(corrected == y, known),
+        "difference": {**difference, "verdict": _verdict(difference["ci"],
+                                                         words=("gains", "loses"))},
         "changed": int(np.sum(corrected != prediction)),
         "changed_to_true": int(np.sum((corrected != prediction) & (corrected == y))),
         "changed_from_true": int(np.sum((corrected != prediction) & (prediction == y))),
+        "_corrected": corrected,
     }
 
 
@@ -1021,6 +1223,81 @@ def complementarity_table(results):
                             cell(row, "aurc", 1000)] for name, row in results.items()])
 
 
+def verdict_markdown(r, subject="the net's errors"):
+    """A report's opening verdict, in at most five lines, from an analysis' results.
+
+    The best resistance score against the best softmax-derived score (by AUROC), the
+    primary test with its interval, its word and its equivalence test, and the correction
+    claim with its paired test.
+    """
+    tests = r.get("tests")
+    if not tests:
+        return "**Verdict:** too few errors or correct predictions to test anything."
+    p = tests["primary"]
+    eq = p["equivalence"]
+    best = tests["secondary"]["best resistance score against the best softmax score: Δ AUROC"]
+    det = r["detection"]
+    auc = lambda name: f"{det[name]['auroc']['value']:.3f}"  # noqa: E731
+    word = {"adds": "**adds**", "loses": "**loses**"}.get(p["verdict"], "adds **nothing shown**")
+    equivalent = (f"equivalent to no change within ±{eq['margin']} (TOST, 90% interval "
+                  f"[{eq['ci'][0]:+.4f}, {eq['ci'][1]:+.4f}])" if eq["equivalent"] else
+                  f"not shown equivalent to no change within ±{eq['margin']} (TOST, 90% "
+                  f"interval [{eq['ci'][0]:+.4f}, {eq['ci'][1]:+.4f}])")
+    lines = [
+        f"**Verdict (primary question: does resistance add to the softmax in detecting "
+        f"{subject}?):** resistance {word}: Δ AUROC {p['difference']:+.4f} "
+        f"[{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}], p = {p['p_value']:.3g}; {equivalent}.",
+        f"- Best single scores by AUROC: {best['with']} {auc(best['with'])} against "
+        f"{best['without']} {auc(best['without'])}; paired Δ {best['difference']:+.4f} "
+        f"[{best['ci'][0]:+.4f}, {best['ci'][1]:+.4f}] ({best['verdict']}, Holm-adjusted).",
+    ]
+    name = "correction: adversarial class against the softmax second choice, among errors"
+    if name in tests["secondary"]:
+        c, cor = tests["secondary"][name], r["correction"]
+        lines.append(
+            f"- Correction: the adversarial class is the true label for "
+            f"{count_cell(cor['adversarial_class_is_true'])} errors, the softmax second choice "
+            f"for {count_cell(cor['second_choice_is_true'])}; paired Δ "
+            f"{100 * c['difference']:+.1f} points [{100 * c['ci'][0]:+.1f}, "
+            f"{100 * c['ci'][1]:+.1f}] ({c['verdict']}, Holm-adjusted).")
+    return "\n".join(lines)
+
+
+def tests_markdown(tests):
+    """The primary test and the secondary tests (Holm-adjusted), as a Markdown table."""
+    def diff(test):
+        scale = 1000 if test["metric"] == "aurc" else 100 if test["metric"] == "rate" else 1
+        digits = 2 if scale == 1000 else 1 if scale == 100 else 4
+        unit = " ×1000" if scale == 1000 else " points" if scale == 100 else ""
+        low, high = test["ci"]
+        return (f"{scale * test['difference']:+.{digits}f} [{scale * low:+.{digits}f}, "
+                f"{scale * high:+.{digits}f}]{unit}")
+
+    p = tests["primary"]
+    eq = p["equivalence"]
+    rows = [[f"**primary**: {p['question']}", f"{p['with']} − {p['without']}", diff(p),
+             f"{p['p_value']:.3g}", "—",
+             f"{p['verdict']}; TOST ±{eq['margin']}: "
+             f"{'equivalent' if eq['equivalent'] else 'not shown equivalent'} (90% "
+             f"[{eq['ci'][0]:+.4f}, {eq['ci'][1]:+.4f}])"]]
+    for name, test in tests["secondary"].items():
+        mcnemar = test.get("mcnemar")
+        exact = (f"; McNemar exact p = {mcnemar['p_value']:.3g} ({mcnemar['a_only']} vs "
+                 f"{mcnemar['b_only']} discordant)" if mcnemar else "")
+        rows.append([name, f"{test['with']} − {test['without']}", diff(test),
+                     f"{test['p_value']:.3g}", f"{test['p_holm']:.3g}",
+                     test["verdict"] + exact])
+    return "\n".join([
+        "One primary question, fixed in the code before the run; the secondary comparisons "
+        "are Holm-adjusted as one family (a verdict needs Holm p < 0.05). Differences are "
+        "paired: both methods on the same resamples of the same images. Equivalence needs "
+        "the two one-sided tests (TOST) against the margin declared in the code "
+        "(`resistclf.study.EQUIVALENCE_MARGIN`); \"no difference found\" is not equivalence.",
+        "",
+        markdown_table(["test", "difference of", "Δ [95% interval]", "p", "Holm p", "verdict"],
+                       rows)])
+
+
 def _markdown(r, groups, h):
     """The engine's sections of a report, from ``results``."""
     lines = [
@@ -1058,7 +1335,9 @@ def _markdown(r, groups, h):
             "through its quantiles, so no monotone transform of an input changes it: a "
             "difference is information, not scaling. Δ is (with) − (without) with its paired "
             "bootstrap 95% interval; resistance *adds* information when the interval "
-            "excludes 0 (AUROC up, AURC down).", "",
+            "excludes 0 (AUROC up, AURC down). The first row's Δ AUROC is the report's "
+            "primary test; every other cell is secondary, judged Holm-adjusted in the "
+            "table of tests below.", "",
             complementarity_table(r["complementarity"]), "",
         ]
     cor = r["correction"]
@@ -1098,6 +1377,9 @@ def _markdown(r, groups, h):
                   "Top-2 is [prediction, adversarial correction]; top-5 merges the net's top "
                   "three classes with the classes the attack lands in away from each (see "
                   "`ResistanceClassifier.predict_topk`).", ""]
+    if r["tests"]:
+        lines += [f"{h} The primary test and the secondary ones", "", tests_markdown(r["tests"]),
+                  ""]
     dtc = r["detect_then_correct"]
     if dtc is not None:
         lines += [f"{h} Detect, then correct", "",
@@ -1107,8 +1389,9 @@ def _markdown(r, groups, h):
                   markdown_table(["", "top-1 accuracy"], [
                       ["net", percent_cell(dtc["accuracy_net"])],
                       ["ResistanceClassifier", percent_cell(dtc["accuracy_resistance_classifier"])],
-                      ["difference", with_interval(dtc["difference"]["value"],
-                                                    dtc["difference"]["ci"], percent=True)]]),
+                      ["difference", with_interval(dtc["difference"]["difference"],
+                                                    dtc["difference"]["ci"], percent=True)
+                       + f": {dtc['difference']['verdict']}"]]),
                   "",
                   f"It changed {dtc['changed']} predictions: {dtc['changed_to_true']} to the "
                   f"true label, {dtc['changed_from_true']} away from a correct one.", ""]

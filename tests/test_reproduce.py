@@ -43,7 +43,7 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
         assert low <= metrics["aurc"]["value"] <= high
     assert set(saved["complementarity"]) == set(COMPLEMENTS)
     for row in saved["complementarity"].values():
-        assert row["auroc"]["verdict"] in {"adds", "loses", "no difference"}
+        assert row["auroc"]["verdict"] in {"adds", "loses", "no difference found"}
     assert (saved["cost"]["Res_N"]["forward"], saved["cost"]["Res_N"]["backward"]) == (31, 30)
     assert saved["cost"]["input-space margin"]["backward"] == 9
     errors = saved["errors"]["count"]
