@@ -57,6 +57,8 @@ __all__ = ["COMPETITORS", "DEFAULT_COMPETITORS", "EQUIVALENCE_MARGIN", "Measurem
 
 #: The per-sample fields of an AttackResult that a study keeps (traces are never kept).
 _ATTACK_FIELDS = [f.name for f in fields(AttackResult) if not f.name.endswith("_trace")]
+#: The per-method dicts of Measurements, each ``{method: per-sample array}``.
+_PER_METHOD = ("distances", "landing", "forward", "backward", "seconds")
 #: Display name of each resistance feature.
 RESISTANCE = {"res_n": "Res_N", "res_max": "Res_max", "res_min": "Res_min",
               "res_mean": "Res_mean"}
@@ -216,6 +218,51 @@ class Measurements:
             else:
                 values[f.name] = take(value)
         return type(self)(**values)
+
+    def to_arrays(self):
+        """Every per-sample array, flat, as an ``.npz`` holds them (no pickled objects).
+
+        Returns
+        -------
+        arrays : dict of str to ndarray
+            ``classes``, ``y``, ``logits``, ``attack<rank>.<field>`` for each
+            :class:`~resistclf.AttackResult` field, and ``<kind>.<method>`` for
+            ``distances``, ``landing``, ``forward``, ``backward`` and ``seconds``.
+            :meth:`from_arrays` reads them back.
+        """
+        classes = np.asarray(self.classes)
+        arrays = {"classes": classes.astype(str) if classes.dtype == object else classes,
+                  "y": self.y, "logits": self.logits}
+        for rank, result in enumerate(self.attacks):
+            arrays.update({f"attack{rank}.{name}": getattr(result, name)
+                           for name in _ATTACK_FIELDS})
+        for kind in _PER_METHOD:
+            arrays.update({f"{kind}.{name}": value for name, value in getattr(self, kind).items()})
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays, *, attack=None):
+        """Measurements from :meth:`to_arrays`' arrays (as read back from an ``.npz``).
+
+        Parameters
+        ----------
+        arrays : mapping of str to ndarray
+        attack : ResistanceAttack or None, default=None
+            The attack's settings (a report's ``results.json`` holds them); None
+            means the defaults.
+
+        Returns
+        -------
+        measurements : Measurements
+        """
+        ranks = sorted({int(key.split(".")[0][6:]) for key in arrays if key.startswith("attack")})
+        per_method = {kind: {key.split(".", 1)[1]: np.asarray(arrays[key]) for key in arrays
+                             if key.startswith(f"{kind}.")} for kind in _PER_METHOD}
+        return cls(classes=np.asarray(arrays["classes"]), y=np.asarray(arrays["y"]),
+                   logits=np.asarray(arrays["logits"]),
+                   attacks=tuple(AttackResult(**{name: np.asarray(arrays[f"attack{rank}.{name}"])
+                                                 for name in _ATTACK_FIELDS}) for rank in ranks),
+                   attack=ResistanceAttack() if attack is None else attack, **per_method)
 
     @property
     def prediction(self):
@@ -576,6 +623,26 @@ class StudyResult:
             few ranks attacked).
         """
         return self.results
+
+    def per_image(self):
+        """What a reader needs to recompute every metric: one array per sample and score.
+
+        Returns
+        -------
+        arrays : dict of str to ndarray
+            ``y`` (class index, -1 for none), ``prediction``, ``is_error``,
+            ``fold`` (of the learned detectors, -1 where none was learned),
+            ``source`` (the sample's source id; its position where none was
+            given) and ``score.<name>`` for every error score, learned
+            detectors' out-of-fold scores included (higher means more likely
+            an error).
+        """
+        m = self.measurements
+        return {"y": m.y, "prediction": m.prediction, "is_error": m.is_error,
+                "fold": np.full(len(m), -1) if self.fold is None else self.fold,
+                "source": np.arange(len(m)) if self.sources is None else self.sources,
+                **{f"score.{name}": np.asarray(score, dtype=np.float64)
+                   for name, score in self.scores.items()}}
 
     def to_markdown(self, level=2):
         """The report's sections on the network, detection, correction and top-k.

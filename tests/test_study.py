@@ -1,5 +1,7 @@
 """The study engine (resistclf.study) and the store behind it (ResultStore)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,8 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import StratifiedKFold
 
-from resistclf import AttackCache, ResistanceAttack, ResistanceClassifier, ResultStore
+from resistclf import AttackCache, ResistanceAttack, ResistanceClassifier, ResultStore, \
+    make_detector
 from resistclf.metrics import auroc, detection_metrics
 from resistclf.scores import SOFTMAX_SCORES, input_margin, softmax_scores
 from resistclf.study import COMPETITORS, Measurements, analyse, measure, run_study
@@ -342,3 +345,63 @@ def test_analyse_takes_infinite_distances_as_farthest(measured):
         far.is_error, -far.distances["DeepFool"])
     for name in ("LR(softmax + distances)", "LR(softmax + distances + resistance)"):
         assert np.isfinite(r["detection"][name]["auroc"]["value"]), name
+
+
+def test_analyse_groups_of_identical_copies_give_the_intervals_of_the_sources(measured):
+    copies = Measurements.concatenate([measured] * 4)
+    source = np.tile(np.arange(len(measured)), 4)
+    ci = lambda study: study.results["detection"]["max-softmax"]["auroc"]["ci"]  # noqa: E731
+    alone = analyse(measured, n_resamples=60)
+    grouped = analyse(copies, groups=source, n_resamples=60)
+    as_rows = analyse(copies, n_resamples=60)
+    # Drawing whole sources draws the same AUROCs as drawing the images alone.
+    assert ci(grouped) == pytest.approx(ci(alone), rel=1e-12)
+    assert ci(as_rows)[1] - ci(as_rows)[0] < (ci(alone)[1] - ci(alone)[0]) / 1.5
+    # Every copy of an image is scored in the same fold.
+    assert (grouped.fold.reshape(4, -1) == grouped.fold[: len(measured)]).all()
+    assert grouped.results["n_sources"] == len(measured)
+
+
+def test_analyse_detectors_learn_only_from_train_and_score_out_of_fold(measured):
+    train = np.arange(len(measured)) % 2 == 0
+    study = analyse(measured, train=train, n_resamples=5)
+    scores, is_error, fold = measured.error_scores(), measured.is_error, study.fold
+    features = np.column_stack([scores[name] for name in ("Res_N", "Res_max", "Res_min")])
+    assert fold.min() == 0 and fold.max() >= 1
+    for k in range(fold.max() + 1):
+        fit = train & (fold != k)
+        expected = make_detector().fit(features[fit], is_error[fit]).predict_proba(
+            features[fold == k])[:, 1]
+        np.testing.assert_allclose(study.scores["LR(resistance)"][fold == k], expected)
+
+
+def test_analyse_names_one_primary_test_and_holm_adjusts_the_rest(measured):
+    tests = analyse(measured, n_resamples=40).results["tests"]
+    primary = tests["primary"]
+    assert primary["with"] == "LR(softmax + resistance)" and primary["without"] == "LR(softmax)"
+    low, high = primary["equivalence"]["ci"]
+    assert primary["equivalence"]["equivalent"] == (-0.005 < low and high < 0.005)
+    secondary = tests["secondary"]
+    assert "correction: adversarial class against the softmax second choice, among errors" \
+        in secondary
+    for test in secondary.values():
+        assert test["p_holm"] >= test["p_value"]
+        assert (test["verdict"] == "no difference found") == (test["p_holm"] >= 0.05)
+    mcnemar = secondary["correction: adversarial class against the softmax second choice, "
+                        "among errors"]["mcnemar"]
+    cor = analyse(measured, n_resamples=40).results["correction"]
+    assert mcnemar["difference"] == (cor["adversarial_class_is_true"]["count"]
+                                     - cor["second_choice_is_true"]["count"])
+
+
+def test_measurements_round_trip_through_an_npz_without_pickle(measured, tmp_path):
+    np.savez_compressed(tmp_path / "m.npz", **measured.to_arrays())
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as arrays:
+        back = Measurements.from_arrays(dict(arrays), attack=ATTACK)
+    first, second = analyse(measured, n_resamples=20), analyse(back, n_resamples=20)
+    as_json = lambda study: json.dumps(study.results, default=str, sort_keys=True)  # noqa
+    assert as_json(first) == as_json(second)
+    per_image = first.per_image()
+    assert per_image["score.Res_N"].tolist() == (-measured.attacks[0].res_n).tolist()
+    assert set(per_image) >= {"y", "prediction", "is_error", "fold", "source",
+                              "score.LR(softmax + resistance)"}
