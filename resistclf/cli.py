@@ -105,6 +105,13 @@ def build_parser():
     _add_bootstrap_argument(study)
     study.set_defaults(run="resistclf.reports.study")
 
+    verify = commands.add_parser(
+        "verify", help="Recompute every number of a report's results.json from its "
+                       "per-image arrays (per_image.npz); exit 1 on any difference.")
+    verify.add_argument("folders", nargs="+", metavar="DIR",
+                        help="Report folders, such as docs/results/shift-mnist.")
+    verify.set_defaults(run="resistclf.reports.verify")
+
     compare = commands.add_parser(
         "compare", help="Compare trained networks (CNN, MLP, CNN on a quarter of the data) "
                         "on the same test images.")

@@ -15,6 +15,7 @@ from resistclf.datasets import load_digits_images
 from resistclf.reports import reproduce
 from resistclf.reports._reference import ATTACK_MODES, load_dataset, reference_net
 from resistclf.reports.study import FAST_MODE, DatasetRows, load_data
+from resistclf.reports.verify import verify
 from resistclf.study import StudyResult, measure
 
 #: Until FMN and DDN land in every study, the tests run the two competitors that need nothing
@@ -112,6 +113,26 @@ def test_study_command_small_net_npz_end_to_end(small_case):
                    "exact mode", "max-softmax", "DeepFool distance", "top-2 error",
                    "## Settings, versions and timings"]:
         assert phrase in report, phrase
+
+
+def test_verify_recomputes_a_study_report_and_fails_on_a_changed_number(small_case, capsys):
+    main(study_args(small_case))
+    out = small_case / "out"
+    assert verify(out) == []
+    main(["verify", str(out)])
+    assert "every number recomputed from per_image.npz agrees" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    results["detection"]["max-softmax"]["auroc"]["value"] += 1e-9
+    (out / "results.json").write_text(json.dumps(results))
+    differences = verify(out)
+    assert len(differences) == 1 and differences[0].startswith(
+        "detection.max-softmax.auroc.value: the report holds")
+    with pytest.raises(SystemExit) as exited:
+        main(["verify", str(out)])
+    assert exited.value.code == 1
+    (out / "per_image.npz").unlink()
+    with pytest.raises(ValueError, match="has no per_image.npz: only a report written with"):
+        verify(out)
 
 
 def test_study_command_limit_draws_the_same_subset_as_reproduce(small_case):

@@ -92,6 +92,17 @@ def study_results(study, run):
     return {**run, **study.to_dict(), "environment": environment()}
 
 
+def recompute_study(results, arrays):
+    """The numbers of a one-set study report (reproduce, study) from its per-image arrays:
+    the same analysis, on the measurements read back, with the report's folds and seed."""
+    from .. import ResistanceAttack
+    from ..study import Measurements, analyse
+
+    measured = Measurements.from_arrays(arrays, attack=ResistanceAttack(**results["attack"]))
+    return analyse(measured, folds=results["folds"], n_resamples=results["n_resamples"],
+                   random_state=results["seed"]).to_dict()
+
+
 def traces_figure(module, attack, measured, X):
     """The write-up's figure: Conf and |r| over the attack of a hard image and an easy one.
 
@@ -164,11 +175,16 @@ def call_repr(name, params):
     return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
 
 
-def write_report(out, markdown, results, figures):
-    """Write ``report.md``, ``results.json`` and each figure as ``<name>.png`` to ``out``."""
+def write_report(out, markdown, results, figures, arrays=None):
+    """Write ``report.md``, ``results.json``, each figure as ``<name>.png`` and, with
+    ``arrays``, the per-image arrays as ``per_image.npz`` (from which ``resistclf verify``
+    recomputes every number of ``results.json``) to ``out``."""
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    if arrays is not None:
+        with atomic_write(out / "per_image.npz") as file:
+            np.savez_compressed(file, **arrays)
     for name, fig in figures.items():
         with atomic_write(out / f"{name}.png") as file:
             fig.savefig(file, format="png", dpi=110)

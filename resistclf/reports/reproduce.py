@@ -14,7 +14,7 @@ from .. import ResistanceAttack, ResultStore
 from ..study import analyse, markdown_table, measure, metric_cell, percent_cell
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import header_markdown, parallel_backend, phase, settings_markdown, \
-    study_results, traces_figure, write_report
+    recompute_study, study_results, traces_figure, write_report
 
 #: The write-up's own figures (its networks, trained on the full training sets).
 WRITEUP = {
@@ -89,14 +89,22 @@ def run_reproduce(dataset, root, *, out, cache=None, download=False, seed=0, lim
     with _phase("traces of a hard and an easy image", timings, verbose):
         traces, traced = traces_figure(net.module_, attack, measured, X_test)
     results = study_results(study, {
+        "command": "reproduce",
         "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "net": net_info, "attack": attack.get_params(),
         "mode": mode, "fast": fast, "traced_images": traced})
     with _phase("figures and report", timings, verbose):
         figures = {**study.figures(X_test), "traces": traces}
     results["seconds"] = timings
-    write_report(out, _markdown(results, study), results, figures)
+    write_report(out, _markdown(results, study), results, figures,
+                 arrays=measured.to_arrays())
     return results
+
+
+def recompute(results, arrays):
+    """Every number of this command's ``results.json`` from its ``per_image.npz`` (for
+    ``resistclf verify``)."""
+    return recompute_study(results, arrays)
 
 
 def _markdown(r, study):

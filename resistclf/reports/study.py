@@ -31,6 +31,7 @@ from ._report import (
     parallel_backend,
     phase,
     settings_markdown,
+    recompute_study,
     study_results,
     traces_figure,
     write_report,
@@ -552,13 +553,21 @@ def write_study(module, X, y, *, out, net_info, data_info, attack, n_classes, to
         if (~measured.is_error).any():
             figures["traces"], traced_images = traces_figure(module, attack, measured, X)
     results = study_results(study, {
+        "command": "study",
         "net": {**net_info, "n_classes": n_classes}, "data": data_info, "seed": seed,
         "limit": limit, "n_test": len(measured), "attack": attack.get_params(), "mode": mode,
         "fast": mode != "exact", "topk": topk, "ranks": ranks,
         "competitors_run": list(competitors), "traced_images": traced_images})
     results["seconds"] = timings
-    write_report(out, _markdown(results, study), results, figures)
+    write_report(out, _markdown(results, study), results, figures,
+                 arrays=measured.to_arrays())
     return results
+
+
+def recompute(results, arrays):
+    """Every number of this command's ``results.json`` from its ``per_image.npz`` (for
+    ``resistclf verify``)."""
+    return recompute_study(results, arrays)
 
 
 def _markdown(r, study):

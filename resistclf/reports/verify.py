@@ -1,0 +1,109 @@
+"""``resistclf verify DIR``: recompute every number of a report from its per-image arrays.
+
+A report folder holds ``results.json`` and ``per_image.npz`` (read with
+``allow_pickle=False``): every per-image measurement the analysis used. The command that
+wrote the report (``results.json``'s ``command``) recomputes its analysis from those arrays
+alone, with no attack and no network, and every number it gives is compared with the one in
+``results.json``: after a round trip through JSON they must be identical. Settings (the
+attack, the seed, the number of resamples), wall times and the environment are read, not
+recomputed.
+"""
+
+import json
+import math
+import sys
+from importlib import import_module
+from pathlib import Path
+
+import numpy as np
+
+#: Commands whose reports carry per-image arrays, and so can be verified.
+VERIFIABLE = ("shift", "reproduce", "study")
+
+
+def verify(folder):
+    """The differences between a report's ``results.json`` and its recomputation.
+
+    Parameters
+    ----------
+    folder : path
+        A report folder with ``results.json`` and ``per_image.npz``.
+
+    Returns
+    -------
+    differences : list of str
+        One line per number that differs (its path, the report's value and the
+        recomputed one); empty when every number agrees.
+
+    Raises
+    ------
+    ValueError
+        If the folder lacks either file, or its command keeps no per-image arrays.
+    """
+    folder = Path(folder)
+    for name in ("results.json", "per_image.npz"):
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder} has no {name}: only a report written with its "
+                             "per-image arrays can be verified; regenerate it.")
+    results = json.loads((folder / "results.json").read_text())
+    command = results.get("command")
+    if command not in VERIFIABLE:
+        raise ValueError(f"{folder}/results.json names command {command!r}; verify knows "
+                         f"{list(VERIFIABLE)}.")
+    with np.load(folder / "per_image.npz", allow_pickle=False) as arrays:
+        recomputed = import_module(f"resistclf.reports.{command}").recompute(results,
+                                                                              dict(arrays))
+    recomputed = json.loads(json.dumps(recomputed, default=_plain))
+    return [line for key, value in recomputed.items()
+            for line in _differences(results.get(key), value, key)]
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _differences(saved, recomputed, path):
+    if isinstance(recomputed, dict):
+        if not isinstance(saved, dict) or set(saved) != set(recomputed):
+            return [f"{path}: the report holds {_short(saved)}, recomputed {_short(recomputed)}"]
+        return [line for key in recomputed
+                for line in _differences(saved[key], recomputed[key], f"{path}.{key}")]
+    if isinstance(recomputed, list):
+        if not isinstance(saved, list) or len(saved) != len(recomputed):
+            return [f"{path}: the report holds {_short(saved)}, recomputed {_short(recomputed)}"]
+        return [line for i, (a, b) in enumerate(zip(saved, recomputed))
+                for line in _differences(a, b, f"{path}[{i}]")]
+    same = saved == recomputed or (isinstance(saved, float) and isinstance(recomputed, float)
+                                   and math.isnan(saved) and math.isnan(recomputed))
+    return [] if same else [f"{path}: the report holds {saved!r}, recomputed {recomputed!r}"]
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def main(args):
+    """Entry point of ``resistclf verify``: exit 1 on any difference."""
+    failed = False
+    for folder in args.folders:
+        try:
+            differences = verify(folder)
+        except ValueError as exc:
+            print(f"{folder}: cannot verify: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        if differences:
+            failed = True
+            print(f"{folder}: {len(differences)} numbers differ from their recomputation:",
+                  file=sys.stderr)
+            for line in differences[:20]:
+                print(f"  {line}", file=sys.stderr)
+        else:
+            print(f"{folder}: every number recomputed from per_image.npz agrees.")
+    if failed:
+        sys.exit(1)
