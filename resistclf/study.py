@@ -789,20 +789,24 @@ def analyse(measurements, *, groups=None, train=None, folds=5, n_resamples=1000,
         "trained_on": "all samples" if train is None else f"{int(train.sum())} samples",
     }
     fold = np.full(len(m), -1)
-    if detectable and (~is_error).any() and is_error.any():
-        fold = _fold_ids(is_error, groups, train, min(folds, n_errors, len(learns) - n_errors),
-                         seed)
-        learned = _learned_scores(is_error, scores, list(m.distances), fold, train)
-        scores = {**{name: scores[name] for name in families["resistance (this library)"][:-1]},
-                  "LR(resistance)": learned.pop("LR(resistance)"),
-                  **{name: score for name, score in scores.items()
-                     if name not in RESISTANCE.values()}, **learned}
-        families[f"learned combinations ({fold.max() + 1}-fold out-of-fold)"] = list(learned)
+    if 0 < is_error.sum() < len(m):
+        if detectable:
+            fold = _fold_ids(is_error, groups, train,
+                             min(folds, n_errors, len(learns) - n_errors), seed)
+            learned = _learned_scores(is_error, scores, list(m.distances), fold, train)
+            scores = {**{name: scores[name]
+                         for name in families["resistance (this library)"][:-1]},
+                      "LR(resistance)": learned.pop("LR(resistance)"),
+                      **{name: score for name, score in scores.items()
+                         if name not in RESISTANCE.values()}, **learned}
+            families[f"learned combinations ({fold.max() + 1}-fold out-of-fold)"] = \
+                list(learned)
         results["detection"] = score_metrics(is_error, scores, **boot)
-        results["complementarity"] = _complementarity(is_error, scores, boot)
-        results["detect_then_correct"] = _detect_then_correct(m, folds, rate, boot, groups,
-                                                              train)
-        results["tests"] = _tests(m, results, scores, boot)
+        if detectable:
+            results["complementarity"] = _complementarity(is_error, scores, boot)
+            results["detect_then_correct"] = _detect_then_correct(m, folds, rate, boot,
+                                                                  groups, train)
+            results["tests"] = _tests(m, results, scores, boot)
     return StudyResult(measurements=m, scores=scores, groups=families, results=results,
                        fold=fold, sources=groups)
 
@@ -1405,7 +1409,9 @@ def _markdown(r, groups, h):
             "excludes 0 (AUROC up, AURC down). The first row's Δ AUROC is the report's "
             "primary test; every other cell is secondary, judged Holm-adjusted in the "
             "table of tests below.", "",
-            complementarity_table(r["complementarity"]), "",
+            complementarity_table(r["complementarity"]) if r["complementarity"] else
+            "Too few errors or correct predictions among the samples detectors learn from "
+            "(fewer than 2) to learn one.", "",
         ]
     cor = r["correction"]
     rows = [["adversarial class = true label", count_cell(cor["adversarial_class_is_true"]),

@@ -6,6 +6,7 @@ import pytest
 from resistclf.cli import main
 from resistclf.datasets import corrupt, load_fashion_mnist, load_mnist
 from resistclf.reports.shift import run_shift
+from resistclf.reports.verify import verify
 
 from .conftest import copy_net
 
@@ -28,7 +29,8 @@ def test_shift_scores_every_set_mixed_with_iid_images(report):
                  "new_class_risk_coverage.png", "corrupted_images.png"]:
         assert (out / name).exists(), name
     sets = results["sets"]
-    assert list(sets) == ["i.i.d.", *CORRUPTIONS, "new class", "all corruptions"]
+    assert list(sets) == ["i.i.d.", *CORRUPTIONS, "new class", "all corruptions",
+                          "all corruptions, supervised"]
     assert sets["i.i.d."]["n_mixed"] == 40
     for name in CORRUPTIONS:
         assert sets[name]["n_shifted"] == 40 and sets[name]["n_mixed"] == 80
@@ -47,7 +49,8 @@ def test_shift_scores_every_set_mixed_with_iid_images(report):
     report_text = (out / "report.md").read_text()
     for phrase in ["Failure detection under distribution shift", "mixed with the i.i.d.",
                    "AUGRC", "FashionMNIST", "The correction claim under shift",
-                   "Does resistance add anything beyond the softmax?", "FMN-L2"]:
+                   "Does resistance add anything beyond the softmax?", "FMN-L2",
+                   "**Primary question**", "cluster-bootstrap", "Holm"]:
         assert phrase in report_text, phrase
 
 
@@ -72,9 +75,34 @@ def test_shift_cli_runs_and_rejects_unknown_corruptions(fake_mnist_root, fake_mn
           "--corruptions", "stripe", "--quiet"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["corruptions"] == ["stripe"] and saved["n_images"] == 20
-    assert "FMN-L2, 500 steps" in saved["competitors"]
+    assert "FMN-L2" in saved["competitors"] and "FMN-L2, 500 steps" not in saved["competitors"]
     with pytest.raises(SystemExit):
         main(["shift", "--dataset", "mnist", "--root", "x", "--corruptions", "snow"])
     assert "invalid choice: 'snow'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="corruptions must be names from"):
         run_shift("mnist", fake_mnist_root, out=tmp_path, corruptions=("snow",))
+
+
+def test_shift_learns_from_iid_images_only_and_keeps_sources_together(report):
+    out, results = report
+    sets = results["sets"]
+    # Every learned detector of a shifted set is trained on the 40 i.i.d. images only.
+    for name in [*CORRUPTIONS, "new class", "all corruptions"]:
+        assert sets[name]["trained_on"] == "40 samples", name
+        assert sets[name]["n_sources"] == (80 if name == "new class" else 40)
+    assert sets["all corruptions, supervised"]["trained_on"] == "all samples"
+    iid_errors = sets["i.i.d."]["errors_mixed"]["count"]
+    if min(iid_errors, 40 - iid_errors) < 2:  # nothing to learn a detector from
+        assert results["primary"] is None
+        assert set(results["secondary"]) <= {"all corruptions, supervised"}
+        return
+    assert results["primary"]["set"] == "all corruptions"
+    assert set(results["secondary"]) == {"i.i.d.", *CORRUPTIONS, "new class",
+                                         "all corruptions, supervised"}
+    for test in results["secondary"].values():
+        assert test["p_holm"] >= test["p_value"]
+
+
+def test_shift_report_verifies_from_its_per_image_arrays(report):
+    out, _ = report
+    assert verify(out) == []

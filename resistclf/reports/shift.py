@@ -215,7 +215,8 @@ def analyse_sets(measured, corruptions, *, n_resamples, seed):
                "all corruptions": (pooled, pooled_source)}
     summaries = {name: _set_summary(studies[name], *shifted.get(
         name, shifted["all corruptions"]), n_resamples, seed) for name in studies}
-    primary = studies["all corruptions"].results["tests"]["primary"]
+    tests = studies["all corruptions"].results["tests"]
+    primary = tests and tests["primary"]
     secondary = {name: {**studies[name].results["tests"]["primary"]}
                  for name in studies if name not in ("all corruptions",)
                  if studies[name].results["tests"]}
@@ -224,8 +225,8 @@ def analyse_sets(measured, corruptions, *, n_resamples, seed):
         test["p_holm"] = adjusted[name]
         test["verdict"] = "no difference found" if not test["p_holm"] < 0.05 else (
             "adds" if test["difference"] > 0 else "loses")
-    return {"primary": {"set": "all corruptions", "protocol": "FD-Shifts: detectors trained "
-                        "on i.i.d. images only", **primary},
+    return {"primary": primary and {"set": "all corruptions", "protocol": "FD-Shifts: "
+                                    "detectors trained on i.i.d. images only", **primary},
             "secondary": secondary, "sets": summaries}, studies
 
 
@@ -284,6 +285,8 @@ def _markdown(r, studies):
 
     def complement(name):
         test = r["primary"] if name == "all corruptions" else r["secondary"].get(name)
+        if name == "i.i.d." and test is not None:
+            test = {**test, "verdict": test["verdict"] + " (detectors trained on it)"}
         if test is None:
             return ["n/a"] * 4
         low, high = test["ci"]
@@ -395,8 +398,8 @@ def _markdown(r, studies):
         key = "pooled" if name == "all corruptions" else "new_class"
         lines += [f"## {title}: every score", "",
                   detection_table(s["detection"], studies[name].groups, s["cost"]), "",
-                  complementarity_table(s["complementarity"]), "",
-                  tests_markdown(s["tests"]), "",
+                  *([complementarity_table(s["complementarity"]), "",
+                     tests_markdown(s["tests"]), ""] if s["tests"] else []),
                   f"![Risk against coverage]({key}_risk_coverage.png)", ""]
     pooled = sets["all corruptions"]
     lines += ["## Resistance and the minimum-norm attacks, on the pooled corrupted images", "",
