@@ -128,7 +128,8 @@ def run_shift(dataset, root, *, out, cache=None, download=False, seed=0, limit=1
     with _phase("analyse every set, mixed with the i.i.d. images", timings, verbose):
         sets, studies = analyse_sets(measured, corruptions, n_resamples=n_resamples, seed=seed)
     results = {
-        "command": "shift", "dataset": dataset, "new_class_dataset": NEW_CLASS[dataset], "seed": seed,
+        "command": "shift", "dataset": dataset, "new_class_dataset": NEW_CLASS[dataset],
+        "seed": seed,
         "limit": limit, "n_train": int(len(X_train)), "n_test": int(len(X_test)),
         "n_images": int(len(X)), "corruptions": list(corruptions),
         "competitors": {name: COMPETITORS[name] for name in competitors},
