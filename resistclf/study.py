@@ -1280,7 +1280,12 @@ def detection_table(detection, groups, cost):
 
 
 def complementarity_table(results):
-    """The complementarity test's differences, intervals and verdicts."""
+    """The complementarity test's differences, intervals and verdicts (a sentence where
+    too few errors or correct predictions left nothing to learn a detector from)."""
+    if not results:
+        return ("Too few errors or correct predictions among the samples detectors learn from "
+                "(fewer than 2) to learn one.")
+
     def cell(row, key, scale):
         d = row[key]
         low, high = d["ci"]
@@ -1409,9 +1414,7 @@ def _markdown(r, groups, h):
             "excludes 0 (AUROC up, AURC down). The first row's Δ AUROC is the report's "
             "primary test; every other cell is secondary, judged Holm-adjusted in the "
             "table of tests below.", "",
-            complementarity_table(r["complementarity"]) if r["complementarity"] else
-            "Too few errors or correct predictions among the samples detectors learn from "
-            "(fewer than 2) to learn one.", "",
+            complementarity_table(r["complementarity"]), "",
         ]
     cor = r["correction"]
     rows = [["adversarial class = true label", count_cell(cor["adversarial_class_is_true"]),

@@ -9,7 +9,7 @@ from resistclf.cli import main
 from resistclf.models import SimpleCNN
 from resistclf.reports import bench
 from resistclf.reports.bench import (
-    AUROC_TOLERANCE,
+    EQUIVALENCE_MARGINS,
     PER_IMAGE,
     fastest_equivalent_modes,
     flops_per_image_step,
@@ -90,7 +90,8 @@ def _run(rng, n=400, flip_errors=0, seconds=100.0, noise=0.0):
     run = {"is_error": is_error, "res_n": res, "res_max": res + 1, "res_min": np.round(res * 50),
            "res_mean": res, "detector": -res, "recovered": recovered,
            "top2_miss": ~recovered & is_error, "top5_miss": np.zeros(n, bool),
-           "corrected_right": ~is_error | recovered, "seconds": seconds}
+           "corrected_right": ~is_error | recovered, "softmax_resistance": -res,
+           "softmax_only": -res, "seconds": seconds}
     assert set(run) == {*PER_IMAGE, "seconds"}
     return run
 
@@ -114,16 +115,28 @@ def test_bench_judge_modes_pairs_the_modes_and_flags_real_differences():
     assert fastest_equivalent_modes({"d": judged}) == {"d": "exact"}  # "same" is no mode
 
 
-def test_bench_judge_modes_applies_the_auroc_tolerance():
-    # Within sampling noise, but an AUROC that moves by more than the tolerance still fails.
+def test_bench_judge_modes_fails_an_auroc_outside_the_margin():
     exact = _run(np.random.RandomState(0))
     shifted = {**exact, "detector": exact["detector"] + np.where(
         exact["is_error"], -0.5, 0.0) * np.random.RandomState(1).rand(len(exact["is_error"]))}
     judged = judge_modes({"exact": exact, "shifted": shifted}, n_resamples=100)
     row = judged["shifted"]["conclusions"][
         "AUROC, detector on the three features (out-of-fold)"]
-    assert abs(row["difference"]) > AUROC_TOLERANCE
-    assert not row["holds"]
+    assert abs(row["difference"]) > EQUIVALENCE_MARGINS["auroc"]
+    assert not row["holds"] and row["margin"] == EQUIVALENCE_MARGINS["auroc"]
+
+
+def test_bench_judge_modes_fails_a_noisy_mode_whose_interval_contains_zero():
+    # The audit's case: a noisier mode's wide interval "contains 0", which is no equivalence.
+    exact = _run(np.random.RandomState(0))
+    noisy = {**exact, "detector": exact["detector"]
+             + 0.8 * np.random.RandomState(2).normal(size=len(exact["is_error"]))}
+    judged = judge_modes({"exact": exact, "noisy": noisy}, n_resamples=200)
+    row = judged["noisy"]["conclusions"]["AUROC, detector on the three features (out-of-fold)"]
+    low, high = row["ci"]
+    assert not row["holds"] and (low < -EQUIVALENCE_MARGINS["auroc"]
+                                 or high > EQUIVALENCE_MARGINS["auroc"])
+    assert not judged["noisy"]["equivalent"]
 
 
 def test_bench_fastest_equivalent_modes_are_chosen_per_dataset():

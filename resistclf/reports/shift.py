@@ -399,8 +399,8 @@ def _markdown(r, studies):
         key = "pooled" if name == "all corruptions" else "new_class"
         lines += [f"## {title}: every score", "",
                   detection_table(s["detection"], studies[name].groups, s["cost"]), "",
-                  *([complementarity_table(s["complementarity"]), "",
-                     tests_markdown(s["tests"]), ""] if s["tests"] else []),
+                  complementarity_table(s["complementarity"]), "",
+                  *([tests_markdown(s["tests"]), ""] if s["tests"] else []),
                   f"![Risk against coverage]({key}_risk_coverage.png)", ""]
     pooled = sets["all corruptions"]
     lines += ["## Resistance and the minimum-norm attacks, on the pooled corrupted images", "",
