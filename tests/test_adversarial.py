@@ -89,3 +89,16 @@ def test_adversarial_cli_quick_run(fake_mnist_root, fake_mnist_net, tmp_path):
     for key, value in ATTACK_MODES[FAST_MODES["mnist"]].items():
         assert saved["attack"][key] == value, key
     assert np.isfinite(saved["clean"]["median"]["Res_N"])
+
+
+def test_adversarial_tests_each_detector_against_the_stronger_baseline(report):
+    _, results = report
+    pgd = results["attacks"]["PGD eps=0.3"]
+    detection = pgd["detection"]
+    stronger = max(DETECTORS[4:], key=lambda name: detection[name]["auroc"]["value"])
+    assert set(pgd["tests"]) == set(DETECTORS[:4])
+    for name, test in pgd["tests"].items():
+        assert test["against"] == stronger
+        assert test["difference"] == pytest.approx(detection[name]["auroc"]["value"]
+                                                   - detection[stronger]["auroc"]["value"])
+        assert test["p_holm"] >= test["p_value"]
