@@ -4,7 +4,7 @@ A report folder holds ``results.json`` and ``per_image.npz`` (read with
 ``allow_pickle=False``): every per-image measurement the analysis used. The command that
 wrote the report (``results.json``'s ``command``) recomputes its analysis from those arrays
 alone, with no attack and no network, and every number it gives is compared with the one in
-``results.json``: after a round trip through JSON they must be identical. Settings (the
+``results.json``: after a round trip through JSON they must agree to a relative 1e-9. Settings (the
 attack, the seed, the number of resamples), wall times and the environment are read, not
 recomputed.
 """
@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: Floats may differ in their last bits only (another BLAS or thread count summing in
+#: another order); any real change to a number is far larger.
+RELATIVE_TOLERANCE = 1e-9
 #: Commands whose reports carry per-image arrays, and so can be verified.
 VERIFIABLE = ("shift", "reproduce", "study")
 
@@ -77,8 +80,10 @@ def _differences(saved, recomputed, path):
             return [f"{path}: the report holds {_short(saved)}, recomputed {_short(recomputed)}"]
         return [line for i, (a, b) in enumerate(zip(saved, recomputed))
                 for line in _differences(a, b, f"{path}[{i}]")]
-    same = saved == recomputed or (isinstance(saved, float) and isinstance(recomputed, float)
-                                   and math.isnan(saved) and math.isnan(recomputed))
+    same = saved == recomputed or (
+        isinstance(saved, float) and isinstance(recomputed, float)
+        and (math.isnan(saved) and math.isnan(recomputed)
+             or math.isclose(saved, recomputed, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-15)))
     return [] if same else [f"{path}: the report holds {saved!r}, recomputed {recomputed!r}"]
 
 
