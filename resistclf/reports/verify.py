@@ -4,9 +4,9 @@ A report folder holds ``results.json`` and ``per_image.npz`` (read with
 ``allow_pickle=False``): every per-image measurement the analysis used. The command that
 wrote the report (``results.json``'s ``command``) recomputes its analysis from those arrays
 alone, with no attack and no network, and every number it gives is compared with the one in
-``results.json``: after a round trip through JSON they must agree to a relative 1e-9. Settings (the
-attack, the seed, the number of resamples), wall times and the environment are read, not
-recomputed.
+``results.json``: after a round trip through JSON they must agree to a relative 1e-9.
+Settings (the attack, the seed, the number of resamples), wall times and the environment are
+read, not recomputed.
 """
 
 import json
