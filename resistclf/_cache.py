@@ -58,7 +58,11 @@ class _RowTable:
         return len(self.index)
 
     def add(self, keys, values):
-        """Append the rows ``values`` (name to array, one row per key) under ``keys``."""
+        """Append the rows ``values`` (name to array, one row per key) under ``keys``.
+
+        A key already held keeps its row: another process sharing the store may have
+        computed it too, with the same result.
+        """
         if self.columns and set(values) != set(self.columns):
             raise ValueError(f"rows must have the columns {sorted(self.columns)}; "
                              f"got {sorted(values)}.")
@@ -66,9 +70,15 @@ class _RowTable:
             if name in _RESERVED or len(column) != len(keys):
                 raise ValueError(f"a column cannot be named {name!r} and must have one value "
                                  f"per row ({len(keys)}); got {len(column)}.")
-            self.columns.setdefault(name, []).extend(np.asarray(column))
-        for key in keys:
-            self.index[key] = len(self.index)
+        new, seen = [], set()
+        for i, key in enumerate(keys):
+            if key not in self.index and key not in seen:
+                new.append(i)
+                seen.add(key)
+        for name, column in values.items():
+            self.columns.setdefault(name, []).extend(np.asarray(column)[new])
+        for i in new:
+            self.index[keys[i]] = len(self.index)
 
     def take(self, keys):
         """The rows under ``keys``, as one array per column."""
@@ -390,7 +400,7 @@ class ResultStore:
                              f"{len(digests)}.")
         return _cached_rows(table, self.key(name, settings).encode(), X, timed,
                             chunk_size=chunk_size, contents=digests,
-                            save=None if path is None else lambda: table.save(path))
+                            save=None if path is None else lambda: _save_merged(table, path))
 
     @staticmethod
     def digests(X):
@@ -555,6 +565,42 @@ class ResultStore:
         with atomic_write(path) as file:
             write(file, value)
         return value
+
+
+def _save_merged(table, path):
+    """Write ``table`` to ``path`` with every row another process wrote there meanwhile.
+
+    Two studies may share one store: each keeps its table in memory, so a plain write would
+    drop the rows the other wrote since this one read the file. Under an exclusive lock on
+    ``<path>.lock`` (where the platform has ``fcntl``), the rows on disk that ``table``
+    lacks are added to it first, so the file only ever grows.
+    """
+    with _exclusive(path.with_name(path.name + ".lock")):
+        if path.exists():
+            try:
+                on_disk = _RowTable.load(path, _ROWS_FORMAT)
+            except ValueError:  # unreadable: it was warned about on loading; overwrite it
+                on_disk = _RowTable(_ROWS_FORMAT)
+            missing = [key for key in on_disk.index if key not in table.index]
+            if missing and (not table.columns or set(on_disk.columns) == set(table.columns)):
+                table.add(missing, on_disk.take(missing))
+        table.save(path)
+
+
+@contextmanager
+def _exclusive(lock_path):
+    """An exclusive lock on ``lock_path`` between processes, where ``fcntl`` exists."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; concurrent writers may still drop rows there
+        yield
+        return
+    with open(lock_path, "a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def _warn_unreadable(path, reason):

@@ -405,3 +405,40 @@ def test_measurements_round_trip_through_an_npz_without_pickle(measured, tmp_pat
     assert per_image["score.Res_N"].tolist() == (-measured.attacks[0].res_n).tolist()
     assert set(per_image) >= {"y", "prediction", "is_error", "fold", "source",
                               "score.LR(softmax + resistance)"}
+
+
+def _fill_store(folder, start, stop, barrier):
+    """Compute rows start..stop of a shared table in a store, one chunk at a time, once
+    both processes have read the (empty) table."""
+    import time
+
+    X = np.arange(200, dtype=np.float32).reshape(100, 2)[start:stop]
+
+    def compute(rows):
+        if barrier is not None:
+            barrier.wait(30)
+        time.sleep(0.02)  # so that the two processes' writes interleave
+        return {"sum": rows[:].sum(1)}
+
+    ResultStore(folder).rows("shared", "settings", X, compute, chunk_size=5)
+
+
+def test_result_store_keeps_every_row_of_two_processes_sharing_it(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    # Two studies over overlapping images: 0-59 and 40-99, each writing after every chunk.
+    barrier = context.Barrier(2)
+    workers = [context.Process(target=_fill_store, args=(tmp_path, a, b, barrier))
+               for a, b in ((0, 60), (40, 100))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    seen = []
+    columns = ResultStore(tmp_path).rows(
+        "shared", "settings", np.arange(200, dtype=np.float32).reshape(100, 2),
+        lambda rows: seen.append(len(rows)) or {"sum": rows[:].sum(1)})
+    assert seen == [], f"{sum(seen)} rows were lost and computed again"
+    np.testing.assert_array_equal(columns["sum"], np.arange(200).reshape(100, 2).sum(1))
