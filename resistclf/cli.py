@@ -275,8 +275,29 @@ def main(argv=None):
     """Parse ``argv`` and run the chosen command."""
     from importlib import import_module
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_paths(parser, args)
     import_module(args.run).main(args)
+
+
+def _check_paths(parser, args):
+    """Fail before any work, with the command line's error, on a folder that cannot serve:
+    an --out that is a file or cannot be created, a --root that does not exist."""
+    from pathlib import Path
+
+    out = getattr(args, "out", None)
+    if out is not None:
+        if Path(out).exists() and not Path(out).is_dir():
+            parser.error(f"--out {out} exists and is not a folder; the report needs a folder.")
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--out {out} cannot be created: {exc.strerror or exc}.")
+    root = getattr(args, "root", None)
+    if root is not None and not getattr(args, "download", False) and not Path(root).is_dir():
+        parser.error(f"--root {root} is not a folder: it must hold the data set's files "
+                     "(give --download to let torchvision fetch them).")
 
 
 if __name__ == "__main__":

@@ -30,9 +30,30 @@ def test_cli_rejects_bad_arguments(argv, capsys):
     assert "error" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, match", [
+    (["--out", "{file}"], "exists and is not a folder"),
+    (["--out", "{file}/sub"], "cannot be created"),
+    (["--root", "{tmp}/nonexistent"], "is not a folder: it must hold the data set's files"),
+])
+def test_cli_checks_out_and_root_before_any_work(extra, match, tmp_path, capsys, monkeypatch):
+    file = tmp_path / "taken"
+    file.write_text("a file")
+    argv = ["shift", "--dataset", "mnist", "--root", str(tmp_path), "--out",
+            str(tmp_path / "report")]
+    argv += [part.format(file=file, tmp=tmp_path) for part in extra]
+    monkeypatch.setattr("resistclf.reports.shift.main",
+                        lambda args: pytest.fail("ran the command"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert match in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["reproduce", "adversarial", "dynamics", "compare",
                                      "shift"])
-def test_cli_study_commands_pass_the_attack_options(command, monkeypatch):
+def test_cli_study_commands_pass_the_attack_options(command, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
     module = import_module(f"resistclf.reports.{command}")
     seen = {}
     monkeypatch.setattr(module, f"run_{command}", lambda *args, **kwargs: seen.update(kwargs))
