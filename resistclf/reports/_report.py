@@ -139,10 +139,11 @@ def traces_figure(module, attack, measured, X):
     return figure, {"hard": hard, "easy": easy}
 
 
-def header_markdown(title, r, description):
-    """A report's title and opening paragraph, with MNIST's short training split noted."""
+def header_markdown(title, r, description, resampled="the images"):
+    """A report's title and opening paragraph, with MNIST's short training split noted;
+    ``resampled`` says what the bootstrap draws."""
     lines = [f"# {title}", "", f"{description} Brackets hold bootstrap 95% intervals "
-             f"({r['n_resamples']} resamples of the images).", ""]
+             f"({r['n_resamples']} resamples of {resampled}).", ""]
     if r.get("dataset") == "mnist" and r.get("n_train", 60000) < 60000:
         lines += [f"MNIST's training split here holds only the first {r['n_train']:,} of the "
                   "official 60,000 images, so its nets make more errors than ones trained on "

@@ -320,7 +320,8 @@ def _markdown(r, studies):
             "(`resistclf.datasets.corrupt`, made locally, seed "
             f"{r['seed']}); as many {NAMES[r['new_class_dataset']]} test images for "
             f"new-class shift. Attack: {a['max_iter']} steps of size {a['step_size']}, "
-            f"{a['norm'].upper()} norm; {mode_sentence(r['mode'], r['dataset'], r['fast'])}."),
+            f"{a['norm'].upper()} norm; {mode_sentence(r['mode'], r['dataset'], r['fast'])}.",
+            resampled="the source images, each with all its copies"),
         f"**Primary question** (fixed in the code before the run): {PRIMARY_QUESTION}, on "
         "all corruptions pooled with the i.i.d. images, under FD-Shifts' protocol: every "
         "learned detector is trained on i.i.d. images only and never sees a shifted one.",
