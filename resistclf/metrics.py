@@ -667,7 +667,7 @@ def paired_difference(statistic, *arrays, groups=None, n_resamples=1000, confide
         p_value = float(min(1.0, 2 * min(np.mean(resampled <= 0), np.mean(resampled >= 0)))) \
             if len(resampled) else np.nan
         return {"difference": float(value), "ci": _percentile_interval(resampled, tail),
-                "p_value": p_value}
+                "p_value": p_value, "resamples": int(len(resampled))}
 
     if isinstance(observed, dict):
         return {key: summary(observed[key], values[key]) for key in observed}

@@ -53,7 +53,8 @@ __all__ = ["COMPETITORS", "DEFAULT_COMPETITORS", "EQUIVALENCE_MARGIN", "Measurem
            "PRIMARY_QUESTION", "StudyResult", "analyse", "complementarity_table", "cost_cell",
            "count_cell", "detection_table", "distance_name", "label_indices", "markdown_table",
            "measure", "metric_cell", "percent_cell", "proportion", "resistance_key",
-           "run_study", "score_metrics", "tests_markdown", "verdict_markdown", "with_interval"]
+           "p_cell", "run_study", "score_metrics", "tests_markdown", "verdict_markdown",
+           "with_interval"]
 
 #: The per-sample fields of an AttackResult that a study keeps (traces are never kept).
 _ATTACK_FIELDS = [f.name for f in fields(AttackResult) if not f.name.endswith("_trace")]
@@ -1299,6 +1300,16 @@ def complementarity_table(results):
                             cell(row, "aurc", 1000)] for name, row in results.items()])
 
 
+def p_cell(p, resamples=None):
+    """A bootstrap p-value as the tables show it: ``= 0.012``, or ``< 2/resamples`` where no
+    resample fell on the other side of 0 (the smallest p the bootstrap can tell apart)."""
+    if p is None or np.isnan(p):
+        return "n/a"
+    if p == 0:
+        return f"< {2 / resamples:.2g}" if resamples else "≈ 0"
+    return f"= {p:.2g}"
+
+
 def verdict_markdown(r, subject="the net's errors"):
     """A report's opening verdict, in at most five lines, from an analysis' results.
 
@@ -1322,7 +1333,8 @@ def verdict_markdown(r, subject="the net's errors"):
     lines = [
         f"**Verdict (primary question: does resistance add to the softmax in detecting "
         f"{subject}?):** resistance {word}: Δ AUROC {p['difference']:+.4f} "
-        f"[{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}], p = {p['p_value']:.3g}; {equivalent}.",
+        f"[{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}], p {p_cell(p['p_value'], p['resamples'])}; "
+        f"{equivalent}.",
         f"- Best single scores by AUROC: {best['with']} {auc(best['with'])} against "
         f"{best['without']} {auc(best['without'])}; paired Δ {best['difference']:+.4f} "
         f"[{best['ci'][0]:+.4f}, {best['ci'][1]:+.4f}] ({best['verdict']}, Holm-adjusted).",
@@ -1352,7 +1364,7 @@ def tests_markdown(tests):
     p = tests["primary"]
     eq = p["equivalence"]
     rows = [[f"**primary**: {p['question']}", f"{p['with']} − {p['without']}", diff(p),
-             f"{p['p_value']:.3g}", "—",
+             p_cell(p["p_value"], p["resamples"]), "—",
              f"{p['verdict']}; TOST ±{eq['margin']}: "
              f"{'equivalent' if eq['equivalent'] else 'not shown equivalent'} (90% "
              f"[{eq['ci'][0]:+.4f}, {eq['ci'][1]:+.4f}])"]]
@@ -1361,7 +1373,8 @@ def tests_markdown(tests):
         exact = (f"; McNemar exact p = {mcnemar['p_value']:.3g} ({mcnemar['a_only']} vs "
                  f"{mcnemar['b_only']} discordant)" if mcnemar else "")
         rows.append([name, f"{test['with']} − {test['without']}", diff(test),
-                     f"{test['p_value']:.3g}", f"{test['p_holm']:.3g}",
+                     p_cell(test["p_value"], test["resamples"]),
+                     p_cell(test["p_holm"], test["resamples"]),
                      test["verdict"] + exact])
     return "\n".join([
         "One primary question, fixed in the code before the run; the secondary comparisons "

@@ -21,7 +21,8 @@ from .. import ResistanceAttack, ResultStore, make_detector
 from .._nets import eval_mode
 from ..metrics import auroc, holm, paired_difference, tpr_at_fpr
 from ..plotting import plot_boxplots, plot_image_grid, plot_roc_curves
-from ..study import Measurements, markdown_table, measure, score_metrics, with_interval
+from ..study import Measurements, markdown_table, measure, p_cell, score_metrics, \
+    with_interval
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import call_repr, environment, header_markdown, parallel_backend, phase, \
     settings_markdown, write_report
@@ -321,7 +322,7 @@ def _figures(X, y, clean, per_attack, crafted, module, scores):
 def _test_cell(test):
     low, high = test["ci"]
     return (f"{test['difference']:+.3f} [{low:+.3f}, {high:+.3f}], Holm p "
-            f"{test['p_holm']:.2g}: {test['verdict']}")
+            f"{p_cell(test['p_holm'], test['resamples'])}: {test['verdict']}")
 
 
 def _markdown(r):

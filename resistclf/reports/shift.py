@@ -25,7 +25,7 @@ from ..datasets import CORRUPTIONS, corrupt
 from ..metrics import holm, paired_difference
 from ..study import COMPETITORS, DEFAULT_COMPETITORS, PRIMARY_QUESTION, Measurements, analyse, \
     complementarity_table, cost_cell, count_cell, detection_table, distance_name, \
-    markdown_table, measure, metric_cell, percent_cell, proportion, tests_markdown, \
+    markdown_table, measure, metric_cell, p_cell, percent_cell, proportion, tests_markdown, \
     verdict_markdown
 from ._reference import DATASETS, NAMES, attack_mode, load_dataset, mode_sentence, \
     reference_net
@@ -291,9 +291,11 @@ def _markdown(r, studies):
         if test is None:
             return ["n/a"] * 4
         low, high = test["ci"]
-        holm_p = "— (primary)" if name == "all corruptions" else f"{test['p_holm']:.3g}"
+        holm_p = ("— (primary)" if name == "all corruptions" else
+                  p_cell(test["p_holm"], test["resamples"]))
         eq = test["equivalence"]
-        return [f"{test['difference']:+.4f} [{low:+.4f}, {high:+.4f}]", f"{test['p_value']:.3g}",
+        return [f"{test['difference']:+.4f} [{low:+.4f}, {high:+.4f}]",
+                p_cell(test["p_value"], test["resamples"]),
                 holm_p, f"{test['verdict']}; TOST ±{eq['margin']}: "
                         f"{'equivalent' if eq['equivalent'] else 'not shown equivalent'}"]
 
