@@ -572,10 +572,10 @@ def _save_merged(table, path):
 
     Two studies may share one store: each keeps its table in memory, so a plain write would
     drop the rows the other wrote since this one read the file. Under an exclusive lock on
-    ``<path>.lock`` (where the platform has ``fcntl``), the rows on disk that ``table``
+    ``.<name>.lock`` beside it (where the platform has ``fcntl``), the rows on disk that ``table``
     lacks are added to it first, so the file only ever grows.
     """
-    with _exclusive(path.with_name(path.name + ".lock")):
+    with _exclusive(path.with_name(f".{path.name}.lock")):
         if path.exists():
             try:
                 on_disk = _RowTable.load(path, _ROWS_FORMAT)
@@ -595,6 +595,7 @@ def _exclusive(lock_path):
     except ImportError:  # Windows: no lock; concurrent writers may still drop rows there
         yield
         return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as file:
         fcntl.flock(file, fcntl.LOCK_EX)
         try:
