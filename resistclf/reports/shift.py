@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from joblib import Parallel, delayed
 
 from .. import ResistanceAttack, ResultStore
 from ..datasets import CORRUPTIONS, corrupt
@@ -191,24 +192,20 @@ def analyse_sets(measured, corruptions, *, n_resamples, seed):
         Holm-adjusted as one family) and ``sets`` (each set's summary).
     studies : dict of str to StudyResult
     """
-    iid = measured["i.i.d."]
-    n = len(iid)
+    n = len(measured["i.i.d."])
     source = {name: np.arange(n) for name in ["i.i.d.", *corruptions]}
     source["new class"] = n + np.arange(len(measured["new class"]))
-    run = partial(analyse, folds=FOLDS, n_resamples=n_resamples, random_state=seed)
-
-    def mixed(names, train_iid_only=True):
-        parts = ["i.i.d.", *names]
-        m = Measurements.concatenate([measured[name] for name in parts])
-        groups = np.concatenate([source[name] for name in parts])
-        train = np.arange(len(m)) < n if train_iid_only else None
-        return run(m, groups=groups, train=train)
-
-    studies = {"i.i.d.": run(iid)}
-    for name in [*corruptions, "new class"]:
-        studies[name] = mixed([name])
-    studies["all corruptions"] = mixed(corruptions)
-    studies["all corruptions, supervised"] = mixed(corruptions, train_iid_only=False)
+    # Each set's shifted images, and whether the detectors learn from i.i.d. images only.
+    plans = {"i.i.d.": ([], None), **{name: ([name], True) for name in [*corruptions,
+                                                                         "new class"]},
+             "all corruptions": (list(corruptions), True),
+             "all corruptions, supervised": (list(corruptions), False)}
+    # The sets are analysed in parallel (every core): the numbers do not depend on it.
+    analysed = Parallel(n_jobs=-1)(
+        delayed(_analyse_mixed)({name: measured[name] for name in ["i.i.d.", *names]},
+                                source, names, iid_only, n_resamples, seed)
+        for names, iid_only in plans.values())
+    studies = dict(zip(plans, analysed))
     pooled = Measurements.concatenate([measured[name] for name in corruptions])
     pooled_source = np.concatenate([source[name] for name in corruptions])
     shifted = {**{name: (measured[name], None) for name in ["i.i.d.", *corruptions,
@@ -229,6 +226,19 @@ def analyse_sets(measured, corruptions, *, n_resamples, seed):
     return {"primary": primary and {"set": "all corruptions", "protocol": "FD-Shifts: "
                                     "detectors trained on i.i.d. images only", **primary},
             "secondary": secondary, "sets": summaries}, studies
+
+
+def _analyse_mixed(measured, source, names, iid_only, n_resamples, seed):
+    """The i.i.d. images with the shifted sets ``names``, analysed by source image; the
+    detectors learn from i.i.d. images only where ``iid_only``, from all where False. The
+    i.i.d. set alone (``iid_only`` None) is analysed as any i.i.d. sample is."""
+    run = partial(analyse, folds=FOLDS, n_resamples=n_resamples, random_state=seed)
+    if iid_only is None:
+        return run(measured["i.i.d."])
+    parts = ["i.i.d.", *names]
+    m = Measurements.concatenate([measured[name] for name in parts])
+    train = np.arange(len(m)) < len(measured["i.i.d."]) if iid_only else None
+    return run(m, groups=np.concatenate([source[name] for name in parts]), train=train)
 
 
 def _set_summary(mixed, shifted, groups, n_resamples, seed):
