@@ -93,6 +93,7 @@ COMPLEMENTS = {
 #: Each report's primary question, fixed before any data is seen: the complementarity row
 #: it reads, tested on Δ AUROC.
 PRIMARY = "resistance beyond the softmax"
+#: The primary question, as each report's header names it.
 PRIMARY_QUESTION = ("Does resistance add to the softmax in detecting the net's errors? "
                     "(Δ AUROC of the same learned detector with and without the resistance "
                     "features, paired, out of fold)")
