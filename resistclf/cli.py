@@ -284,16 +284,19 @@ def main(argv=None):
 def _check_paths(parser, args):
     """Fail before any work, with the command line's error, on a folder that cannot serve:
     an --out that is a file or cannot be created, a --root that does not exist."""
+    import os
     from pathlib import Path
 
     out = getattr(args, "out", None)
     if out is not None:
         if Path(out).exists() and not Path(out).is_dir():
             parser.error(f"--out {out} exists and is not a folder; the report needs a folder.")
-        try:
-            Path(out).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            parser.error(f"--out {out} cannot be created: {exc.strerror or exc}.")
+        existing = Path(os.path.abspath(out))
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            parser.error(f"--out {out} cannot be created: {existing} is "
+                         f"{'a file' if not existing.is_dir() else 'not writable'}.")
     root = getattr(args, "root", None)
     if root is not None and not getattr(args, "download", False) and not Path(root).is_dir():
         parser.error(f"--root {root} is not a folder: it must hold the data set's files "
