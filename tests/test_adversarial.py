@@ -102,3 +102,21 @@ def test_adversarial_tests_each_detector_against_the_stronger_baseline(report):
         assert test["difference"] == pytest.approx(detection[name]["auroc"]["value"]
                                                    - detection[stronger]["auroc"]["value"])
         assert test["p_holm"] >= test["p_value"]
+
+
+def test_adversarial_report_verifies_from_its_per_image_arrays(report, tmp_path):
+    import shutil
+
+    from resistclf.reports.verify import verify
+
+    out = tmp_path / "report"
+    shutil.copytree(report[0], out, ignore=shutil.ignore_patterns("cache"))
+    results = report[1]
+    with np.load(out / "per_image.npz", allow_pickle=False) as arrays:
+        assert arrays["set"].max() == len(ATTACKS)
+        assert (arrays["source"] < results["n_clean"]).all()
+    assert verify(out) == []
+    saved = json.loads((out / "results.json").read_text())
+    saved["attacks"]["PGD eps=0.3"]["detection"]["Res_N"]["auroc"]["value"] += 1e-6
+    (out / "results.json").write_text(json.dumps(saved))
+    assert any("PGD eps=0.3" in line for line in verify(out))

@@ -137,19 +137,24 @@ def run_adversarial(dataset, root, *, out, cache=None, download=False, seed=0, l
         # Labels do not matter here: only the attack's features and the logits are used.
         measured = measure(net, np.concatenate([X, *adversarial.values()]), attack=attack,
                            competitors=(), store=store, verbose=verbose)
-    bounds = np.cumsum([0, len(X), *(len(a) for a in adversarial.values())])
-    clean = measured[: bounds[1]]
-    per_attack = {name: measured[bounds[i + 1]: bounds[i + 2]]
-                  for i, name in enumerate(ATTACKS)}
-
+    # Which set each row belongs to (0 clean, i + 1 the i-th attack), the clean image it
+    # comes from, and the size of its perturbation: with the measurements, all the
+    # analysis needs (and what per_image.npz keeps).
+    arrays = {
+        "set": np.repeat(np.arange(len(ATTACKS) + 1),
+                         [len(X), *(len(a) for a in adversarial.values())]),
+        "source": np.concatenate([np.arange(len(X)),
+                                  *(np.flatnonzero(success[name]) for name in ATTACKS)]),
+        **{norm: np.concatenate([np.zeros(len(X)), *(
+            _norms(adversarial[name] - X[success[name]])[norm] for name in ATTACKS)])
+           for norm in ("l2", "linf")},
+        **{f"measured/{key}": value for key, value in measured.to_arrays().items()},
+    }
     with _phase("detection metrics and bootstrap intervals", timings, verbose):
-        analysis, scores = {}, {}
-        for name in ATTACKS:
-            analysis[name], scores[name] = _analyse(
-                clean, per_attack[name], adversarial[name] - X[success[name]],
-                np.flatnonzero(success[name]), seed, n_resamples)
+        analysis, scores = _analyse_all(measured, arrays, seed, n_resamples)
     results = {
-        "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
+        "command": "adversarial", "dataset": dataset, "seed": seed, "limit": limit,
+        "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "test_accuracy": float(len(correct) / len(X_test)),
         "n_clean": int(len(X)), "net": net_info, "attack": attack.get_params(), "mode": mode,
         "fast": fast,
@@ -157,15 +162,47 @@ def run_adversarial(dataset, root, *, out, cache=None, download=False, seed=0, l
                                 for name, (cls, params, options) in ATTACKS.items()},
         "torchattacks": torchattacks.__version__, "folds": FOLDS,
         "n_resamples": n_resamples, "environment": environment(),
-        "clean": {"flip_rate": float(clean.attacks[0].flipped.mean()),
-                  "median": _medians(clean)},
-        "attacks": analysis,
+        **analysis,
     }
     with _phase("figures and report", timings, verbose):
-        figures = _figures(X, y, clean, per_attack, crafted, module, scores)
+        figures = _figures(X, y, _split(measured, arrays["set"]), crafted, module, scores)
     results["seconds"] = timings
-    write_report(out, _markdown(results), results, figures)
+    write_report(out, _markdown(results), results, figures, arrays=arrays)
     return results
+
+
+def recompute(results, arrays):
+    """Every number of an adversarial report's ``results.json`` that its per-image arrays
+    give: the ``clean`` and ``attacks`` entries."""
+    measured = Measurements.from_arrays(
+        {key.split("/", 1)[1]: value for key, value in arrays.items()
+         if key.startswith("measured/")}, attack=ResistanceAttack(**results["attack"]))
+    return _analyse_all(measured, arrays, results["seed"], results["n_resamples"])[0]
+
+
+def _split(measured, set_ids):
+    """The clean images' measurements, then each attack's."""
+    return [measured[np.flatnonzero(set_ids == i)] for i in range(len(ATTACKS) + 1)]
+
+
+def _norms(delta):
+    flat = delta.reshape(len(delta), -1)
+    return {"l2": np.linalg.norm(flat, axis=1), "linf": np.abs(flat).max(axis=1)}
+
+
+def _analyse_all(measured, arrays, seed, n_resamples):
+    """The clean images' summary and every attack's analysis, from the measurements and
+    the per-image arrays; also each attack's per-image scores, for the figures."""
+    clean, *per_attack = _split(measured, arrays["set"])
+    analysis, scores = {}, {}
+    for i, (name, adv) in enumerate(zip(ATTACKS, per_attack), start=1):
+        rows = arrays["set"] == i
+        analysis[name], scores[name] = _analyse(
+            clean, adv, arrays["l2"][rows], arrays["linf"][rows], arrays["source"][rows],
+            seed, n_resamples)
+    return {"clean": {"flip_rate": float(clean.attacks[0].flipped.mean()),
+                      "median": _medians(clean)},
+            "attacks": analysis}, scores
 
 
 def _craft(torchattacks, module, X, y, seed, verbose):
@@ -212,7 +249,7 @@ def _medians(measured):
             "1 - max-softmax": float(np.median(scores["max-softmax"]))}
 
 
-def _analyse(clean, adv, delta, source, seed, n_resamples):
+def _analyse(clean, adv, l2, linf, source, seed, n_resamples):
     """One attack's success, and each detector's clean-versus-adversarial scores.
 
     An adversarial example and the clean image it was crafted from share a source: the
@@ -223,11 +260,10 @@ def _analyse(clean, adv, delta, source, seed, n_resamples):
     attack succeeded fewer than twice).
     """
     n_pos = len(adv)
-    flat = delta.reshape(n_pos, -1)
     summary = {
         "success": {"count": n_pos, "of": len(clean), "value": n_pos / len(clean)},
-        "median_l2": float(np.median(np.linalg.norm(flat, axis=1))) if n_pos else np.nan,
-        "median_linf": float(np.median(np.abs(flat).max(axis=1))) if n_pos else np.nan,
+        "median_l2": float(np.median(l2)) if n_pos else np.nan,
+        "median_linf": float(np.median(linf)) if n_pos else np.nan,
         "resistance_flip_rate": float(adv.attacks[0].flipped.mean()) if n_pos else np.nan,
         "median": _medians(adv) if n_pos else None,
         "detection": None,
@@ -277,7 +313,7 @@ def _paired_tests(is_adv, scores, detection, boot):
     return tests
 
 
-def _figures(X, y, clean, per_attack, crafted, module, scores):
+def _figures(X, y, split, crafted, module, scores):
     import matplotlib.pyplot as plt
 
     columns = 4
@@ -299,8 +335,9 @@ def _figures(X, y, clean, per_attack, crafted, module, scores):
         return [result.res_n, result.res_max, result.res_min.astype(float),
                 measured.error_scores()["max-softmax"]]
 
+    clean, *per_attack = split
     groups = {"clean": values(clean),
-              **{name: values(measured) for name, measured in per_attack.items()
+              **{name: values(measured) for name, measured in zip(ATTACKS, per_attack)
                  if len(measured)}}
     shown = np.arange(min(4, len(X)))
     images, titles = [], []

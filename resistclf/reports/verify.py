@@ -21,7 +21,7 @@ import numpy as np
 #: another order); any real change to a number is far larger.
 RELATIVE_TOLERANCE = 1e-9
 #: Commands whose reports carry per-image arrays, and so can be verified.
-VERIFIABLE = ("shift", "reproduce", "study")
+VERIFIABLE = ("shift", "reproduce", "study", "adversarial", "compare", "dynamics")
 
 
 def verify(folder):
