@@ -83,3 +83,15 @@ def test_compare_cli_fast_runs_the_fast_mode_and_says_so(report, fake_mnist_root
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["mode"] == FAST_MODES["mnist"] and saved["fast"]
     assert f"`--fast`: {FAST_MODES['mnist']}" in (tmp_path / "report.md").read_text()
+
+
+def test_compare_report_verifies_from_its_per_image_arrays(report, tmp_path):
+    from resistclf.reports.verify import verify
+
+    out = tmp_path / "report"
+    shutil.copytree(report[0], out, ignore=shutil.ignore_patterns("cache"))
+    assert verify(out) == []
+    saved = json.loads((out / "results.json").read_text())
+    saved["comparison"]["MLP"]["accuracy"]["value"] += 1e-6
+    (out / "results.json").write_text(json.dumps(saved))
+    assert any("comparison.MLP.accuracy" in line for line in verify(out))

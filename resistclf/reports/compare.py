@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 from .. import ResistanceAttack, ResultStore
 from ..models import MLP, SimpleCNN
 from ..plotting import RiskCoverageDisplay, distinct_line_styles, plot_boxplots
-from ..study import SHOWN, analyse, complementarity_table, count_cell, detection_table, \
+from ..study import SHOWN, Measurements, analyse, complementarity_table, count_cell, detection_table, \
     markdown_table, measure, metric_cell, percent_cell
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import environment, header_markdown, parallel_backend, phase, \
@@ -90,9 +90,9 @@ def run_compare(dataset, root, *, out, cache=None, download=False, seed=0, limit
 
     mode, settings = attack_mode(fast, dataset)
     attack = ResistanceAttack(max_iter=max_iter, **settings)
-    studies, infos = {}, {}
+    measured, infos = {}, {}
     for name, (module, fraction) in NETS.items():
-        with _phase(f"train or load, measure and analyse: {name}", timings, verbose):
+        with _phase(f"train or load, measure: {name}", timings, verbose):
             train = np.arange(len(X_train)) if fraction == 1 else train_test_split(
                 np.arange(len(X_train)), train_size=fraction, stratify=y_train,
                 random_state=seed)[0]
@@ -101,22 +101,42 @@ def run_compare(dataset, root, *, out, cache=None, download=False, seed=0, limit
                                              seed=seed, module=module, module_params=params,
                                              verbose=verbose)
             with parallel_backend(n_jobs, scheduler):
-                measured = measure(net, X, y, attack=attack, store=store, verbose=verbose)
-            studies[name] = analyse(measured, folds=FOLDS, n_resamples=n_resamples,
-                                    random_state=seed)
+                measured[name] = measure(net, X, y, attack=attack, store=store,
+                                         verbose=verbose)
+    with _phase("analyse every net", timings, verbose):
+        comparison, studies = _compare(measured, seed, n_resamples)
     results = {
-        "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
+        "command": "compare", "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "n_images": int(len(X)), "nets": infos,
         "attack": attack.get_params(), "mode": mode, "fast": fast, "folds": FOLDS,
         "n_resamples": n_resamples, "environment": environment(),
-        "comparison": {name: {**study.to_dict(), "mean": _means(study)}
-                       for name, study in studies.items()},
+        "comparison": comparison,
     }
     with _phase("figures and report", timings, verbose):
         figures = _figures(studies)
     results["seconds"] = timings
-    write_report(out, _markdown(results, studies), results, figures)
+    arrays = {f"{name}/{key}": value for name, m in measured.items()
+              for key, value in m.to_arrays().items()}
+    write_report(out, _markdown(results, studies), results, figures, arrays=arrays)
     return results
+
+
+def recompute(results, arrays):
+    """Every number of a compare report's ``results.json`` that its per-image arrays give:
+    the ``comparison`` entry."""
+    attack = ResistanceAttack(**results["attack"])
+    measured = {name: Measurements.from_arrays(
+        {key.split("/", 1)[1]: value for key, value in arrays.items()
+         if key.split("/", 1)[0] == name}, attack=attack) for name in results["nets"]}
+    return {"comparison": _compare(measured, results["seed"], results["n_resamples"])[0]}
+
+
+def _compare(measured, seed, n_resamples):
+    """Each net's study (same folds and seed for all), and its summary for results.json."""
+    studies = {name: analyse(m, folds=FOLDS, n_resamples=n_resamples, random_state=seed)
+               for name, m in measured.items()}
+    return {name: {**study.to_dict(), "mean": _means(study)}
+            for name, study in studies.items()}, studies
 
 
 def _means(study):
