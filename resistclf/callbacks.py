@@ -59,6 +59,9 @@ class ResistanceMonitor(Callback):
     ----------
     keys_ : list of str
         The history keys written each epoch.
+    attack_results_ : list of AttackResult
+        The attack's result on ``X_val`` after each epoch, for per-image
+        analyses (:meth:`summarize` turns one into the recorded values).
 
     Examples
     --------
@@ -115,28 +118,54 @@ class ResistanceMonitor(Callback):
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty string; got {self.name!r}.")
         self._X = torch.from_numpy(X)
-        self._y = y
+        self.keys_ = [*self._value_keys(), f"{self.name}_seconds"]
+        self.attack_results_ = []
+        return self
+
+    def _value_keys(self):
         percents = [f"q{100 * q:g}" for q in self.quantiles]
-        self.keys_ = [f"{self.name}_{key}" for key in [
+        return [f"{self.name}_{key}" for key in [
             "accuracy", "n_errors", "res_n_mean_correct", "res_n_mean_incorrect",
             *(f"res_n_{p}_{group}" for group in ("correct", "incorrect") for p in percents),
-            "auroc_res_n", "auroc_max_softmax", "correction_rate", "flip_rate", "seconds"]]
-        return self
+            "auroc_res_n", "auroc_max_softmax", "correction_rate", "flip_rate"]]
 
     def on_epoch_end(self, net, **kwargs):
         """Attack ``X_val`` with the net as it is now and record the values."""
         start = time.perf_counter()
         attack = ResistanceAttack() if self.attack is None else self.attack
         result = attack(logit_module(net, self.net_output), self._X)
+        self.attack_results_.append(result)
         try:  # skorch's labels of the module's outputs
             classes = np.asarray(net.classes_)
         except AttributeError:
             classes = None
+        values = self.summarize(result, classes)
+        values[f"{self.name}_seconds"] = round(time.perf_counter() - start, 2)
+        for key, value in values.items():
+            net.history.record(key, value)
+
+    def summarize(self, result, classes=None):
+        """The values recorded for one epoch, from the attack's result on ``X_val``.
+
+        Parameters
+        ----------
+        result : AttackResult
+            The attack's result on ``X_val`` (one of :attr:`attack_results_`).
+        classes : array-like or None, default=None
+            The net's labels of its outputs (skorch's ``classes_``); None means
+            the outputs' indices are the labels.
+
+        Returns
+        -------
+        values : dict
+            Every key of :attr:`keys_` but ``<name>_seconds``, with its value.
+        """
+        y = np.asarray(self.y_val)
 
         def to_label(index):
-            return index if classes is None else classes[index]
+            return index if classes is None else np.asarray(classes)[index]
 
-        is_error = to_label(result.c0) != self._y
+        is_error = to_label(result.c0) != y
         correct, wrong = result.res_n[~is_error], result.res_n[is_error]
 
         def stat(function, values):
@@ -151,9 +180,7 @@ class ResistanceMonitor(Callback):
                 "auroc"],
             # 1 - Conf at r = 0: max-softmax as an error score, from the attack's float32 Conf.
             detection_metrics(is_error, 1 - result.conf0)["auroc"],
-            stat(np.mean, to_label(result.adversarial_class[is_error]) == self._y[is_error]),
+            stat(np.mean, to_label(result.adversarial_class[is_error]) == y[is_error]),
             float(result.flipped.mean()),
         ]
-        values.append(round(time.perf_counter() - start, 2))
-        for key, value in zip(self.keys_, values):
-            net.history.record(key, value)
+        return dict(zip(self._value_keys(), values))

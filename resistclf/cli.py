@@ -78,6 +78,7 @@ def build_parser():
         "dynamics", help="Train the reference CNN and track resistance after every epoch.")
     _add_study_arguments(dynamics, "dynamics", 300,
                          "Size of the fixed validation subset of test images (default: 300).")
+    _add_bootstrap_argument(dynamics)
     dynamics.add_argument("--epochs", type=_positive_int, default=10,
                           help="Training epochs (default: 10).")
     dynamics.set_defaults(run="resistclf.reports.dynamics")

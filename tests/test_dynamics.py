@@ -19,7 +19,7 @@ def test_dynamics_writes_history_per_epoch(report):
     out, results = report
     for name in ["report.md", "results.json", "dynamics.png"]:
         assert (out / name).exists(), name
-    assert len(list((out / "cache").glob("history-*.json"))) == 1
+    assert len(list((out / "cache").glob("dynamics-*.json"))) == 1
     history = results["history"]
     assert [epoch["epoch"] for epoch in history] == [1, 2, 3]
     for key in ["train_loss", "resistance_accuracy", "resistance_res_n_q50_correct",
@@ -52,3 +52,23 @@ def test_dynamics_cli_quick_run(fake_mnist_root, tmp_path):
     assert saved["mode"] == FAST_MODES["mnist"] and saved["fast"]
     assert f"`--fast`: {FAST_MODES['mnist']}" in (tmp_path / "report.md").read_text()
     assert np.isfinite(saved["history"][0]["resistance_accuracy"])
+
+
+def test_dynamics_report_verifies_from_its_per_image_arrays(report, tmp_path):
+    import shutil
+
+    from resistclf.reports.verify import verify
+
+    out = tmp_path / "report"
+    shutil.copytree(report[0], out, ignore=shutil.ignore_patterns("cache"))
+    results = report[1]
+    # The analysis recomputed from the per-image arrays matches the monitor's own record.
+    for epoch, analysed in zip(results["history"], results["analysis"]["epochs"]):
+        assert analysed["auroc_res_n"] == pytest.approx(epoch["resistance_auroc_res_n"],
+                                                        nan_ok=True)
+        assert analysed["n_errors"] == epoch["resistance_n_errors"]
+    assert verify(out) == []
+    saved = json.loads((out / "results.json").read_text())
+    saved["analysis"]["epochs"][0]["accuracy"] += 1e-6
+    (out / "results.json").write_text(json.dumps(saved))
+    assert any("analysis.epochs[0].accuracy" in line for line in verify(out))
