@@ -265,6 +265,8 @@ def test_study_command_gives_reproduce_s_numbers(fake_mnist_root, tmp_path, monk
     ({"--data": "small.npz"}, r"rejects the data: its samples have shape \(1, 4, 4\)"),
     ({"--data": "twelve.npz"}, r"labels outside the net's classes: \[12\]"),
     ({"--data": "mixed"}, "The images differ in size"),
+    ({"--data": "nan.npz"}, "Sample 3 of the data holds NaN or infinite values"),
+    ({"--data": "damaged"}, r"Cannot read the image .*class1.1\.png: "),
     ({"--image-size": "8"}, "--image-size applies to image folders"),
     ({"--preprocessing": '{"mean": [0.1, 0.2], "axis": -3}'}, "does not broadcast"),
     ({"--competitors": "FMN"}, r"--competitors: unknown \['FMN'\]"),
@@ -287,6 +289,11 @@ def test_study_command_bad_inputs_exit_with_a_message(small_case, capsys, args, 
     torch.save({"net": make_net()}, folder / "pickled.pt")
     torch.save({"epoch": 3}, folder / "numbers.pt")
     _write_image_folder(folder / "mixed", 2, sizes=[8, 10])
+    np.savez(folder / "nan.npz", X=np.where(np.arange(len(X))[:, None, None, None] == 3,
+                                            np.nan, X).astype(np.float32), y=y)
+    _write_image_folder(folder / "damaged", 2, size=8)
+    damaged = folder / "damaged" / "class1" / "1.png"
+    damaged.write_bytes(damaged.read_bytes()[:60])  # the header survives, the pixels do not
     argv = {"--model": "tests.test_study_command:make_net", "--weights": "net.pt",
             "--data": "digits.npz", **args}
     flat = ["study", "--quiet", "--out", "out"]

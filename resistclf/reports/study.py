@@ -255,10 +255,14 @@ class DatasetRows:
 
     def _read(self, position):
         item = int(self.index[position])
-        image = np.asarray(self.dataset[item][0], dtype=np.float32)
+        samples = getattr(self.dataset, "samples", None)
+        name = samples[item][0] if samples else f"item {item}"
+        try:
+            image = np.asarray(self.dataset[item][0], dtype=np.float32)
+        except OSError as exc:  # PIL's errors for a damaged or truncated file
+            raise ValueError(f"Cannot read the image {name}: {exc}. Remove or replace "
+                             "it.") from exc
         if len(self.shape) > 1 and image.shape != self.shape[1:]:
-            samples = getattr(self.dataset, "samples", None)
-            name = samples[item][0] if samples else f"item {item}"
             raise ValueError(f"The images differ in size: {name} is {image.shape}, the first "
                              f"{self.shape[1:]}. Give --image-size to resize and crop them "
                              "all to one size.")
@@ -472,10 +476,12 @@ def check_inputs(module, X, y, attack):
     Raises
     ------
     ValueError
-        If the network rejects the data's shape (the message gives it), the
-        attack's settings do not fit the data, or ``y`` holds labels outside
-        the network's classes.
+        If a sample cannot be read or holds NaN or infinite values (every
+        sample is read once, before any attack), the network rejects the
+        data's shape (the message gives it), the attack's settings do not fit
+        the data, or ``y`` holds labels outside the network's classes.
     """
+    _check_every_sample(X)
     shape = tuple(X.shape[1:])
     probe = ResistanceAttack(**{**attack.get_params(), "max_iter": 1, "n_jobs": None,
                                 "verbose": False})
@@ -486,6 +492,17 @@ def check_inputs(module, X, y, attack):
                          f"{exc}") from exc
     label_indices(y, np.arange(n_classes))
     return n_classes
+
+
+def _check_every_sample(X, chunk=256):
+    """Read every sample once, in chunks, so that a damaged file or a NaN is reported
+    before the study starts rather than midway."""
+    for start in range(0, len(X), chunk):
+        rows = np.asarray(X[start:start + chunk], dtype=np.float32)
+        finite = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"Sample {start + int(np.argmin(finite))} of the data holds NaN "
+                             "or infinite values; every input must be finite.")
 
 
 def write_study(module, X, y, *, out, net_info, data_info, attack, n_classes, topk=2,
