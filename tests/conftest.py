@@ -115,3 +115,13 @@ def copy_net(folder, cache):
     cache.mkdir(parents=True, exist_ok=True)
     for path in folder.glob("net-*"):
         shutil.copy(path, cache / path.name)
+
+
+@pytest.fixture
+def fast_mnist(monkeypatch):
+    """A fast mode for MNIST, as if the benchmark had shown one equivalent: the tests of
+    ``--fast`` need one whatever the committed benchmark found. Returns its name."""
+    from resistclf.reports import _reference
+
+    monkeypatch.setitem(_reference.FAST_MODES, "mnist", "all three")
+    return "all three"

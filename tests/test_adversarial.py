@@ -76,7 +76,7 @@ def test_adversarial_without_torchattacks_says_what_to_install(monkeypatch, tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_adversarial_cli_quick_run(fake_mnist_root, fake_mnist_net, tmp_path):
+def test_adversarial_cli_quick_run(fake_mnist_root, fake_mnist_net, tmp_path, fast_mnist):
     pytest.importorskip("torchattacks")
     out = tmp_path / "cli"
     copy_net(fake_mnist_net, out / "cache")

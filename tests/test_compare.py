@@ -72,7 +72,8 @@ def test_study_commands_reject_bad_arguments(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_compare_cli_fast_runs_the_fast_mode_and_says_so(report, fake_mnist_root, tmp_path):
+def test_compare_cli_fast_runs_the_fast_mode_and_says_so(report, fake_mnist_root, tmp_path,
+                                                        fast_mnist):
     trained, _ = report
     for path in (trained / "cache").glob("net-*"):  # the nets, not their attacks
         (tmp_path / "cache").mkdir(exist_ok=True)

@@ -43,7 +43,7 @@ def test_dynamics_rerun_reuses_history(report, fake_mnist_root, monkeypatch):
     assert "as first computed" in (out / "report.md").read_text()
 
 
-def test_dynamics_cli_quick_run(fake_mnist_root, tmp_path):
+def test_dynamics_cli_quick_run(fake_mnist_root, tmp_path, fast_mnist):
     main(["dynamics", "--dataset", "mnist", "--root", str(fake_mnist_root), "--out",
           str(tmp_path), "--limit", "20", "--epochs", "1", "--max-iter", "5", "--fast",
           "--quiet"])

@@ -84,7 +84,7 @@ def test_reproduce_unknown_dataset_raises(tmp_path):
 
 
 def test_reproduce_fast_runs_the_fast_mode_and_says_so(fake_mnist_root, fake_mnist_net,
-                                                        tmp_path):
+                                                        tmp_path, fast_mnist):
     out = tmp_path / "fast"
     copy_net(fake_mnist_net, out / "cache")
     results = run_reproduce("mnist", fake_mnist_root, out=out, limit=60, max_iter=20,

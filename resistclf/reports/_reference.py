@@ -122,9 +122,11 @@ ATTACK_MODES = {
     "all three": {"precision": "bfloat16", "channels_last": True, "early_exit": 50},
 }
 #: The mode ``--fast`` runs on each dataset: the fastest of ``ATTACK_MODES`` that ``resistclf
-#: bench`` found equivalent to exact mode on that test set, or exact mode where none was
-#: (docs/results/bench/bench.json, "fast_mode").
-FAST_MODES = {"mnist": "all three", "fashion-mnist": "exact"}
+#: bench`` found equivalent to exact mode on that test set by two one-sided tests against
+#: declared margins, or exact mode where none was. The committed benchmark
+#: (docs/results/bench/bench.json) judged its modes before that test existed (an interval
+#: that contains 0 is not equivalence), so no fast mode has been shown equivalent yet.
+FAST_MODES = {"mnist": "exact", "fashion-mnist": "exact"}
 NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
 
