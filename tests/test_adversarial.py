@@ -120,3 +120,19 @@ def test_adversarial_report_verifies_from_its_per_image_arrays(report, tmp_path)
     saved["attacks"]["PGD eps=0.3"]["detection"]["Res_N"]["auroc"]["value"] += 1e-6
     (out / "results.json").write_text(json.dumps(saved))
     assert any("PGD eps=0.3" in line for line in verify(out))
+
+
+def test_adversarial_names_one_primary_test_and_adjusts_the_rest(report):
+    out, results = report
+    tests = results["tests"]
+    assert tests["primary"]["attack"] == "PGD eps=0.3"
+    assert tests["primary"]["detector"] == "LR(resistance), out-of-fold"
+    assert tests["primary"]["verdict"] in ("better", "worse", "no difference found")
+    secondary = [test for attack, a in results["attacks"].items()
+                 for detector, test in (a.get("tests") or {}).items()
+                 if (attack, detector) != ("PGD eps=0.3", "LR(resistance), out-of-fold")]
+    assert len(secondary) == tests["secondary_family"] > 4
+    assert all(test["p_holm"] >= test["p_value"] for test in secondary)
+    opening = (out / "report.md").read_text().split("\n")[:6]
+    assert opening[2].startswith("**Primary question.** Does LR(resistance) tell PGD eps=0.3")
+    assert opening[4].startswith("**Verdict:** Δ AUROC ")

@@ -96,3 +96,17 @@ def test_compare_report_verifies_from_its_per_image_arrays(report, tmp_path):
     saved["comparison"]["MLP"]["accuracy"]["value"] += 1e-6
     (out / "results.json").write_text(json.dumps(saved))
     assert any("comparison.MLP.accuracy" in line for line in verify(out))
+
+
+def test_compare_opens_with_one_primary_verdict_over_every_net(report):
+    out, results = report
+    primary = results["primary"]
+    assert list(primary["per_net"]) == list(NETS)
+    words = {net["word"] for net in primary["per_net"].values()}
+    assert words <= {"adds", "loses", "no difference found", "not testable"}
+    # "On every net" needs every net's own test: one that does not add withholds it.
+    assert (primary["verdict"] == "adds on every net") == (words == {"adds"})
+    lines = (out / "report.md").read_text().split("\n")
+    assert lines[0].startswith("# Resistance across trained networks")
+    assert lines[2].startswith("**Primary question.** Does resistance add")
+    assert lines[4].startswith("**Verdict:** resistance ")

@@ -14,7 +14,7 @@ from resistclf.cli import main
 from resistclf.datasets import load_digits_images
 from resistclf.reports import reproduce
 from resistclf.reports._reference import ATTACK_MODES, load_dataset, reference_net
-from resistclf.reports.study import FAST_MODE, DatasetRows, load_data
+from resistclf.reports.study import DatasetRows, load_data
 from resistclf.reports.verify import verify
 from resistclf.study import StudyResult, measure
 
@@ -155,12 +155,23 @@ def no_figures(monkeypatch):
                             lambda *args: (plt.figure(), {"hard": 0, "easy": 1}))
 
 
-def test_study_command_fast_mode_says_no_benchmark_judged_it(small_case, no_figures):
+def test_study_command_fast_without_an_equivalent_mode_runs_exact_and_says_so(small_case,
+                                                                              no_figures):
     main(study_args(small_case, "--fast", "--limit", "40", "--competitors",
                     "input-space margin"))
     results = json.loads((small_case / "out" / "results.json").read_text())
-    assert results["mode"] == FAST_MODE and results["fast"]
-    for key, value in ATTACK_MODES[FAST_MODE].items():
+    assert results["mode"] == "exact" and results["fast"]
+    assert "`--fast` was given, but the benchmark has shown no fast mode" in (
+        small_case / "out" / "report.md").read_text()
+
+
+def test_study_command_fast_mode_says_no_benchmark_judged_it(small_case, no_figures,
+                                                             fast_mnist):
+    main(study_args(small_case, "--fast", "--limit", "40", "--competitors",
+                    "input-space margin"))
+    results = json.loads((small_case / "out" / "results.json").read_text())
+    assert results["mode"] == fast_mnist and results["fast"]
+    for key, value in ATTACK_MODES[fast_mnist].items():
         assert results["attack"][key] == value, key
     assert results["n_test"] == 40 and list(results["competitors"]) == ["input-space margin"]
     report = (small_case / "out" / "report.md").read_text()

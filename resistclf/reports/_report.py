@@ -139,10 +139,12 @@ def traces_figure(module, attack, measured, X):
     return figure, {"hard": hard, "easy": easy}
 
 
-def header_markdown(title, r, description, resampled="the images"):
-    """A report's title and opening paragraph, with MNIST's short training split noted;
-    ``resampled`` says what the bootstrap draws."""
-    lines = [f"# {title}", "", f"{description} Brackets hold bootstrap 95% intervals "
+def header_markdown(title, r, description, resampled="the images", opening=None):
+    """A report's title, its ``opening`` lines (the primary question and its verdict) and
+    its opening paragraph, with MNIST's short training split noted; ``resampled`` says
+    what the bootstrap draws."""
+    lines = [f"# {title}", "", *([opening, ""] if opening else []),
+             f"{description} Brackets hold bootstrap 95% intervals "
              f"({r['n_resamples']} resamples of {resampled}).", ""]
     if r.get("dataset") == "mnist" and r.get("n_train", 60000) < 60000:
         lines += [f"MNIST's training split here holds only the first {r['n_train']:,} of the "

@@ -17,7 +17,7 @@ from .. import ResistanceAttack, ResultStore
 from ..models import MLP, SimpleCNN
 from ..plotting import RiskCoverageDisplay, distinct_line_styles, plot_boxplots
 from ..study import SHOWN, Measurements, analyse, complementarity_table, count_cell, detection_table, \
-    markdown_table, measure, metric_cell, percent_cell
+    markdown_table, measure, metric_cell, p_cell, percent_cell
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import environment, header_markdown, parallel_backend, phase, \
     settings_markdown, write_report
@@ -35,6 +35,12 @@ OVERVIEW = ["Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", "max-so
             "input-space margin", "DeepFool distance", "FMN-L2 distance", "FMN-Linf distance",
             "DDN distance", "LR(softmax + resistance)"]
 FOLDS = 5
+#: The report's one primary question, fixed before the run. The claim "on every net" is
+#: an intersection-union test: it holds at 5% when each net's own test rejects at 5%, and
+#: needs no multiplicity adjustment.
+PRIMARY_QUESTION = ("Does resistance add to the softmax in detecting each net's errors, on "
+                    "every one of the three nets? (Δ AUROC of LR(softmax + resistance) minus "
+                    "LR(softmax), paired, out of fold, on each net; all three must exclude 0)")
 
 _phase = partial(phase, "compare")
 
@@ -105,12 +111,13 @@ def run_compare(dataset, root, *, out, cache=None, download=False, seed=0, limit
                                          verbose=verbose)
     with _phase("analyse every net", timings, verbose):
         comparison, studies = _compare(measured, seed, n_resamples)
+        primary = _primary(comparison)
     results = {
         "command": "compare", "dataset": dataset, "seed": seed, "limit": limit, "n_train": int(len(X_train)),
         "n_test": int(len(X_test)), "n_images": int(len(X)), "nets": infos,
         "attack": attack.get_params(), "mode": mode, "fast": fast, "folds": FOLDS,
         "n_resamples": n_resamples, "environment": environment(),
-        "comparison": comparison,
+        "primary": primary, "comparison": comparison,
     }
     with _phase("figures and report", timings, verbose):
         figures = _figures(studies)
@@ -128,7 +135,32 @@ def recompute(results, arrays):
     measured = {name: Measurements.from_arrays(
         {key.split("/", 1)[1]: value for key, value in arrays.items()
          if key.split("/", 1)[0] == name}, attack=attack) for name in results["nets"]}
-    return {"comparison": _compare(measured, results["seed"], results["n_resamples"])[0]}
+    comparison = _compare(measured, results["seed"], results["n_resamples"])[0]
+    return {"primary": _primary(comparison), "comparison": comparison}
+
+
+def _primary(comparison):
+    """Each net's primary test, and the verdict on all of them together."""
+    per_net = {}
+    for name, net in comparison.items():
+        test = (net.get("tests") or {}).get("primary")
+        word = "not testable" if test is None else (
+            "no difference found" if not test["p_value"] < 0.05 else
+            "adds" if test["difference"] > 0 else "loses")
+        per_net[name] = None if test is None else {
+            key: test[key] for key in ("difference", "ci", "p_value", "resamples")}
+        per_net[name] = {"word": word, "test": per_net[name],
+                         "equivalent": bool(test and test["equivalence"]["equivalent"])}
+    words = [net["word"] for net in per_net.values()]
+    if all(word == "adds" for word in words):
+        verdict = "adds on every net"
+    elif all(net["equivalent"] for net in per_net.values()):
+        verdict = "equivalent to the softmax alone on every net (TOST, ±0.005 AUROC)"
+    else:
+        verdict = "not shown on every net: " + "; ".join(
+            f"{word} on {', '.join(n for n in per_net if per_net[n]['word'] == word)}"
+            for word in dict.fromkeys(words))
+    return {"question": PRIMARY_QUESTION, "per_net": per_net, "verdict": verdict}
 
 
 def _compare(measured, seed, n_resamples):
@@ -194,6 +226,19 @@ def _markdown(r, studies):
         return "n/a" if m is None else f"{m[key]:.{digits}f}"
 
     a = r["attack"]
+    p = r["primary"]
+
+    def primary_cell(net):
+        if net["test"] is None:
+            return f"{net['word']}"
+        low, high = net["test"]["ci"]
+        return (f"{net['test']['difference']:+.4f} [{low:+.4f}, {high:+.4f}], p "
+                f"{p_cell(net['test']['p_value'], net['test']['resamples'])}: {net['word']}")
+
+    opening = (f"**Primary question.** {p['question']}\n\n**Verdict:** resistance "
+               f"{p['verdict']}. "
+               + "; ".join(f"{name}: {primary_cell(net)}" for name, net in p["per_net"].items())
+               + ". Every other comparison in this report is secondary.")
     lines = [
         header_markdown(
             f"Resistance across trained networks, on {NAMES[r['dataset']]}", r,
@@ -206,7 +251,7 @@ def _markdown(r, studies):
             "higher means more likely an error (AURC ×1000: lower is better). Learned detectors "
             f"are scored {r['folds']}-fold out-of-fold on each net's images, on the same folds. "
             "With a few dozen errors per net, the intervals are wide: the reproduce reports, "
-            "on 10,000 images, are the firmer test."),
+            "on 10,000 images, are the firmer test.", opening=opening),
         markdown_table(["", *names], [
             ["architecture", *(r["nets"][n]["architecture"] for n in names)],
             ["training images", *(f"{r['nets'][n]['n_train']:,}" for n in names)],
