@@ -16,8 +16,8 @@ from sklearn.model_selection import train_test_split
 from .. import ResistanceAttack, ResultStore
 from ..models import MLP, SimpleCNN
 from ..plotting import RiskCoverageDisplay, distinct_line_styles, plot_boxplots
-from ..study import SHOWN, Measurements, analyse, complementarity_table, count_cell, detection_table, \
-    markdown_table, measure, metric_cell, p_cell, percent_cell
+from ..study import SHOWN, Measurements, analyse, complementarity_table, count_cell, \
+    detection_table, markdown_table, measure, metric_cell, p_cell, percent_cell, tests_markdown
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import environment, header_markdown, parallel_backend, phase, \
     settings_markdown, write_report
@@ -158,7 +158,7 @@ def _primary(comparison):
         verdict = "equivalent to the softmax alone on every net (TOST, ±0.005 AUROC)"
     else:
         verdict = "not shown on every net: " + "; ".join(
-            f"{word} on {', '.join(n for n in per_net if per_net[n]['word'] == word)}"
+            f"{word} on {' / '.join(n for n in per_net if per_net[n]['word'] == word)}"
             for word in dict.fromkeys(words))
     return {"question": PRIMARY_QUESTION, "per_net": per_net, "verdict": verdict}
 
@@ -302,6 +302,11 @@ def _markdown(r, studies):
                   "Does resistance add anything beyond the softmax? (Δ = with − without, paired "
                   "bootstrap 95% interval; `make_detector()` on the same folds.)", "",
                   complementarity_table(net["complementarity"]), ""]
+        if net.get("tests"):
+            lines += ["Paired tests on this net: its complementarity test (one part of the "
+                      "primary question), then its secondary tests, Holm-adjusted within the "
+                      "net (exploratory across the nets).", "", tests_markdown(net["tests"]),
+                      ""]
     lines.append(settings_markdown(r, nets=r["nets"]))
     return "\n".join(lines)
 
