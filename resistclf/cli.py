@@ -90,6 +90,10 @@ def build_parser():
                          "Test images drawn at random, corrupted by each corruption; as many "
                          "images of the other data set for new-class shift (default: 1000).")
     _add_bootstrap_argument(shift)
+    shift.add_argument("--per-image", metavar="CSV",
+                       help="Also write every image's raw measurements in every set (set, "
+                            "source image, label, prediction, Res_N as measured, max-softmax, "
+                            "every competitor's distance and class) to this CSV file.")
     shift.add_argument("--corruptions", nargs="+", metavar="NAME",
                        choices=list(CORRUPTION_NAMES),
                        help="Only these of MNIST-C's corruptions (default: all 15).")
@@ -210,6 +214,10 @@ def _add_study_command_arguments(parser):
                         help="The attack-based competitors, names from "
                              "resistclf.study.COMPETITORS (default: "
                              "resistclf.study.DEFAULT_COMPETITORS).")
+    attack.add_argument("--per-image", metavar="CSV",
+                        help="Also write every sample's raw measurements (labels, prediction, "
+                             "Res_N as measured, max-softmax, every competitor's distance and "
+                             "class) to this CSV file.")
     attack.add_argument("--device", help="cpu or cuda (default: cpu).")
     attack.add_argument("--batch-size", type=_positive_int, default=256,
                         help="Samples per batch (default: 256).")

@@ -242,6 +242,98 @@ class Measurements:
             arrays.update({f"{kind}.{name}": value for name, value in getattr(self, kind).items()})
         return arrays
 
+    def per_image_table(self, sources=None, leading=None):
+        """One row per sample, raw values as measured: what a CSV or a data frame holds.
+
+        Nothing is negated or turned into an error score here: Res_N is the norm the
+        attack reached, max-softmax the net's probability of its prediction, a
+        distance the competitor's distance.
+
+        Parameters
+        ----------
+        sources : array-like of shape (n_samples,) or None, default=None
+            Each sample's source id (an image and its corrupted copies share one);
+            None leaves the column out.
+        leading : dict of str to array-like or None, default=None
+            Columns to put first, such as the set each sample belongs to.
+
+        Returns
+        -------
+        columns : dict of str to ndarray of shape (n_samples,)
+            ``source`` (with ``sources``), ``label`` (the true class's name, empty
+            where it is none of the net's), ``prediction``, ``is_error``,
+            ``max-softmax``, ``max-logit``, for the attack at each rank ``Res_N``,
+            ``Res_max``, ``Res_min (steps)``, ``Res_mean``, ``flipped`` and
+            ``adversarial class`` (rank 0 unsuffixed, then ``, rank 1``...), and
+            each competitor's ``<name> distance`` and ``<name> class``.
+        """
+        classes = np.asarray(self.classes)
+        logits = np.asarray(self.logits, dtype=np.float64)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        columns = {name: np.asarray(value) for name, value in (leading or {}).items()}
+        if sources is not None:
+            columns["source"] = np.asarray(sources)
+        columns.update({
+            "label": np.where(self.y >= 0, classes[np.maximum(self.y, 0)].astype(str), ""),
+            "prediction": classes[self.prediction].astype(str),
+            "is_error": self.is_error,
+            "max-softmax": (shifted / shifted.sum(axis=1, keepdims=True)).max(axis=1),
+            "max-logit": logits.max(axis=1)})
+        for rank, result in enumerate(self.attacks):
+            suffix = "" if rank == 0 else f", rank {rank}"
+            columns.update({f"{name}{suffix}": np.asarray(getattr(result, field_))
+                            for name, field_ in [("Res_N", "res_n"), ("Res_max", "res_max"),
+                                                 ("Res_min (steps)", "res_min"),
+                                                 ("Res_mean", "res_mean"),
+                                                 ("flipped", "flipped")]})
+            columns[f"adversarial class{suffix}"] = classes[result.adversarial_class].astype(str)
+        for name, distance in self.distances.items():
+            columns[f"{name} distance"] = np.asarray(distance)
+        for name, landed in self.landing.items():
+            landed = np.asarray(landed)
+            columns[f"{name} class"] = np.where(landed >= 0, classes[np.maximum(landed, 0)]
+                                                .astype(str), "")
+        return columns
+
+    def to_frame(self, sources=None, leading=None):
+        """:meth:`per_image_table` as a pandas DataFrame (pandas is optional).
+
+        Parameters
+        ----------
+        sources : array-like of shape (n_samples,) or None, default=None
+        leading : dict of str to array-like or None, default=None
+
+        Returns
+        -------
+        frame : pandas.DataFrame
+        """
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("Measurements.to_frame needs pandas (pip install pandas); "
+                              "per_image_table() gives the same columns as arrays, and "
+                              "to_csv() writes them without it.") from exc
+        return pd.DataFrame(self.per_image_table(sources, leading))
+
+    def to_csv(self, path, sources=None, leading=None):
+        """Write :meth:`per_image_table` to ``path`` as CSV (no pandas needed).
+
+        Parameters
+        ----------
+        path : str or path-like
+        sources : array-like of shape (n_samples,) or None, default=None
+        leading : dict of str to array-like or None, default=None
+        """
+        import csv
+
+        columns = self.per_image_table(sources, leading)
+        with open(path, "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(columns)
+            for row in zip(*columns.values()):
+                writer.writerow([repr(float(v)) if isinstance(v, np.floating) else
+                                 str(v) for v in row])
+
     @classmethod
     def from_arrays(cls, arrays, *, attack=None):
         """Measurements from :meth:`to_arrays`' arrays (as read back from an ``.npz``).

@@ -20,7 +20,7 @@ def report(fake_mnist_root, fake_mnist_net, tmp_path_factory):
     copy_net(fake_mnist_net, out / "cache")
     return out, run_shift("mnist", fake_mnist_root, out=out, limit=40, max_iter=20,
                           n_resamples=20, corruptions=CORRUPTIONS, competitors=COMPETITORS,
-                          verbose=False)
+                          per_image=out / "per_image.csv", verbose=False)
 
 
 def test_shift_scores_every_set_mixed_with_iid_images(report):
@@ -106,3 +106,24 @@ def test_shift_learns_from_iid_images_only_and_keeps_sources_together(report):
 def test_shift_report_verifies_from_its_per_image_arrays(report):
     out, _ = report
     assert verify(out) == []
+
+
+def test_shift_per_image_csv_recomputes_a_reported_auroc(report):
+    import csv
+
+    from resistclf.metrics import auroc
+
+    out, results = report
+    with open(out / "per_image.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 40 * (2 + len(CORRUPTIONS))
+    assert [row["set"] for row in rows[::40]] == ["i.i.d.", *CORRUPTIONS, "new class"]
+    # A corrupted copy shares its source with its i.i.d. image; new-class images have their own.
+    assert [row["source"] for row in rows[40:80]] == [row["source"] for row in rows[:40]]
+    assert {row["source"] for row in rows[-40:]}.isdisjoint(row["source"] for row in rows[:40])
+    # fog mixed with the i.i.d. images: Res_N as measured gives the report's AUROC.
+    mixed = [row for row in rows if row["set"] in ("i.i.d.", "fog")]
+    is_error = np.array([row["is_error"] == "True" for row in mixed])
+    res_n = np.array([float(row["Res_N"]) for row in mixed])
+    assert auroc(is_error, -res_n) == pytest.approx(
+        results["sets"]["fog"]["detection"]["Res_N"]["auroc"]["value"], abs=1e-12)

@@ -442,3 +442,30 @@ def test_result_store_keeps_every_row_of_two_processes_sharing_it(tmp_path):
         lambda rows: seen.append(len(rows)) or {"sum": rows[:].sum(1)})
     assert seen == [], f"{sum(seen)} rows were lost and computed again"
     np.testing.assert_array_equal(columns["sum"], np.arange(200).reshape(100, 2).sum(1))
+
+
+def test_measurements_per_image_csv_holds_raw_values_that_recompute_the_auroc(measured,
+                                                                             tmp_path):
+    import csv
+
+    sources = np.arange(len(measured)) // 2
+    measured.to_csv(tmp_path / "per_image.csv", sources=sources)
+    with open(tmp_path / "per_image.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == len(measured)
+    column = {name: [row[name] for row in rows] for name in rows[0]}
+    # Res_N as measured, not negated; and it recomputes the report's AUROC.
+    res_n = np.array(column["Res_N"], dtype=float)
+    np.testing.assert_array_equal(res_n, measured.attacks[0].res_n)
+    is_error = np.array(column["is_error"]) == "True"
+    np.testing.assert_array_equal(is_error, measured.is_error)
+    assert auroc(is_error, -res_n) == auroc(measured.is_error,
+                                            measured.error_scores()["Res_N"])
+    proba = torch.softmax(torch.from_numpy(measured.logits), dim=1).numpy()
+    np.testing.assert_allclose(np.array(column["max-softmax"], dtype=float), proba.max(1),
+                               rtol=1e-12)
+    assert {"Res_N, rank 2", "adversarial class, rank 1", "DeepFool distance",
+            "DeepFool class"} <= set(column)
+    np.testing.assert_array_equal(np.array(column["source"], dtype=int), sources)
+    truth = [str(measured.classes[i]) for i in measured.y]
+    assert column["label"] == truth

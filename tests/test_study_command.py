@@ -115,6 +115,20 @@ def test_study_command_small_net_npz_end_to_end(small_case):
         assert phrase in report, phrase
 
 
+def test_study_command_per_image_writes_the_raw_measurements(small_case, no_figures):
+    import csv
+
+    main(study_args(small_case, "--limit", "40", "--per-image", str(small_case / "rows.csv")))
+    with open(small_case / "rows.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    results = json.loads((small_case / "out" / "results.json").read_text())
+    assert len(rows) == results["n_test"] == 40
+    assert sum(row["is_error"] == "True" for row in rows) == results["errors"]["count"]
+    assert all(float(row["Res_N"]) >= 0 for row in rows)  # as measured, not negated
+    assert {"label", "prediction", "max-softmax", "DeepFool distance",
+            "DeepFool class"} <= set(rows[0])
+
+
 def test_verify_recomputes_a_study_report_and_fails_on_a_changed_number(small_case, capsys):
     main(study_args(small_case))
     out = small_case / "out"

@@ -51,7 +51,8 @@ _phase = partial(phase, "shift")
 
 def run_shift(dataset, root, *, out, cache=None, download=False, seed=0, limit=1000,
               max_iter=500, n_resamples=1000, fast=False, corruptions=CORRUPTIONS,
-              competitors=SHIFT_COMPETITORS, n_jobs=None, scheduler=None, verbose=True):
+              competitors=SHIFT_COMPETITORS, per_image=None, n_jobs=None, scheduler=None,
+              verbose=True):
     """Study the reference net on i.i.d., corrupted and new-class images; write the report.
 
     Parameters
@@ -82,6 +83,9 @@ def run_shift(dataset, root, *, out, cache=None, download=False, seed=0, limit=1
         Names from :data:`resistclf.datasets.CORRUPTIONS`.
     competitors : sequence of str, default=SHIFT_COMPETITORS
         Names from :data:`resistclf.study.COMPETITORS`.
+    per_image : path or None, default=None
+        Also write every image's raw measurements in every set to this CSV file,
+        with its set and source image (:meth:`~resistclf.study.Measurements.to_csv`).
     n_jobs : int or None, default=None
         Worker processes for the attack (see ``parallel_backend``).
     scheduler : str or None, default=None
@@ -126,6 +130,11 @@ def run_shift(dataset, root, *, out, cache=None, download=False, seed=0, limit=1
             measured[name] = measure(net, images, labels, attack=attack,
                                      competitors=competitors, store=store, verbose=verbose)
 
+    if per_image is not None:
+        names = list(measured)
+        Measurements.concatenate([measured[name] for name in names]).to_csv(
+            per_image, sources=np.concatenate([_sources(name, measured) for name in names]),
+            leading={"set": np.repeat(names, [len(measured[name]) for name in names])})
     with _phase("analyse every set, mixed with the i.i.d. images", timings, verbose):
         sets, studies = analyse_sets(measured, corruptions, n_resamples=n_resamples, seed=seed)
     results = {
@@ -176,6 +185,13 @@ def recompute(results, arrays):
     return sets
 
 
+def _sources(name, measured):
+    """The source image of each row of a set: a test image's position among the i.i.d.
+    images, shared by its corrupted copies; new-class images come after them."""
+    n = len(measured["i.i.d."])
+    return n + np.arange(len(measured[name])) if name == "new class" else np.arange(n)
+
+
 def analyse_sets(measured, corruptions, *, n_resamples, seed):
     """Every set's analysis under FD-Shifts' protocol, the primary test and the others.
 
@@ -192,9 +208,7 @@ def analyse_sets(measured, corruptions, *, n_resamples, seed):
         Holm-adjusted as one family) and ``sets`` (each set's summary).
     studies : dict of str to StudyResult
     """
-    n = len(measured["i.i.d."])
-    source = {name: np.arange(n) for name in ["i.i.d.", *corruptions]}
-    source["new class"] = n + np.arange(len(measured["new class"]))
+    source = {name: _sources(name, measured) for name in ["i.i.d.", *corruptions, "new class"]}
     # Each set's shifted images, and whether the detectors learn from i.i.d. images only.
     plans = {"i.i.d.": ([], None), **{name: ([name], True) for name in [*corruptions,
                                                                          "new class"]},
@@ -437,5 +451,6 @@ def main(args):
     run_shift(args.dataset, args.root, out=out, cache=args.cache, download=args.download,
               seed=args.seed, limit=args.limit, max_iter=args.max_iter,
               n_resamples=args.n_resamples, fast=args.fast,
-              corruptions=args.corruptions or CORRUPTIONS, n_jobs=args.n_jobs,
+              corruptions=args.corruptions or CORRUPTIONS, per_image=args.per_image,
+              n_jobs=args.n_jobs,
               scheduler=args.scheduler, verbose=not args.quiet)

@@ -505,7 +505,7 @@ def _check_every_sample(X, chunk=256):
 
 def write_study(module, X, y, *, out, net_info, data_info, attack, n_classes, topk=2,
                 mode="exact", fast=False, competitors=DEFAULT_COMPETITORS, net_output="logits",
-                store=None,
+                store=None, per_image=None,
                 batch_size=256, n_jobs=None, scheduler=None, seed=0, limit=None,
                 n_resamples=1000, timings=None, verbose=True):
     """Study ``module`` on ``X`` and ``y`` and write the report to ``out``.
@@ -534,6 +534,9 @@ def write_study(module, X, y, *, out, net_info, data_info, attack, n_classes, to
     fast : bool, default=False
         Whether ``--fast`` was given (it runs exact mode while no fast mode
         is shown equivalent).
+    per_image : path or None, default=None
+        Also write every sample's raw measurements to this CSV file
+        (:meth:`~resistclf.study.Measurements.to_csv`).
     competitors : sequence of str, default=DEFAULT_COMPETITORS
     net_output : {"logits", "proba"}, default="logits"
     store : ResultStore or None, default=None
@@ -564,6 +567,8 @@ def write_study(module, X, y, *, out, net_info, data_info, attack, n_classes, to
         measured = measure(module, X, y, attack=attack, ranks=ranks, competitors=competitors,
                            net_output=net_output, store=store, batch_size=batch_size,
                            verbose=verbose)
+    if per_image is not None:
+        measured.to_csv(per_image)
     with _phase("analyse: detectors, metrics, bootstrap intervals", timings, verbose):
         study = analyse(measured, folds=FOLDS, n_resamples=n_resamples, random_state=seed)
     figures, traced_images = {}, None
@@ -663,6 +668,7 @@ def main(args):
         raise SystemExit(2) from exc
     write_study(module, X, y, out=out, net_info=net_info, data_info=data_info, attack=attack,
                 n_classes=n_classes, topk=args.topk, mode=mode, fast=args.fast,
+                per_image=args.per_image,
                 competitors=competitors, net_output=args.net_output,
                 store=ResultStore(out / "cache" if args.cache is None else args.cache),
                 batch_size=args.batch_size, n_jobs=args.n_jobs, scheduler=args.scheduler,
