@@ -141,7 +141,8 @@ def test_bench_judge_modes_fails_a_noisy_mode_whose_interval_contains_zero():
 
 def test_bench_fastest_equivalent_modes_are_chosen_per_dataset():
     def judged(**equivalent):
-        return {mode: {"equivalent": ok, "speedup": speed}
+        return {mode: {"equivalent": ok, "speedup": speed,
+                       "conclusions": {"AUROC, Res_N": {"holds": ok, "margin": 0.005}}}
                 for mode, (ok, speed) in equivalent.items()}
 
     modes = {"mnist": judged(**{"early exit": (True, 5.0), "all three": (True, 14.0)}),
@@ -150,6 +151,15 @@ def test_bench_fastest_equivalent_modes_are_chosen_per_dataset():
                                                "fashion-mnist": "early exit"}
     modes["fashion-mnist"]["early exit"]["equivalent"] = False
     assert fastest_equivalent_modes(modes)["fashion-mnist"] == "exact"
+    # A judgement without margins found no difference, which is not equivalence.
+    del modes["mnist"]["all three"]["conclusions"]["AUROC, Res_N"]["margin"]
+    assert fastest_equivalent_modes(modes)["mnist"] == "early exit"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bench_matmul_peak_sizes_itself_to_the_time_budget(dtype):
+    flops, size = bench.matmul_peak(dtype, torch.device("cpu"), budget=0.2, max_size=1024)
+    assert flops > 0 and size in (256, 512, 1024)
 
 
 def test_bench_format_tables_marks_failing_conclusions():

@@ -31,16 +31,40 @@ PRECISIONS = ("float32", "bfloat16")
 LAYOUTS = {"contiguous": False, "channels last": True}
 
 
-def matmul_peak(dtype, device, size=4096, repeats=5):
-    """FLOP/s of a ``size`` x ``size`` matrix product: the hardware's practical peak."""
-    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    a @ b  # warm-up
-    _sync(device)
+def matmul_peak(dtype, device, budget=1.0, max_size=4096):
+    """FLOP/s of a square matrix product: the hardware's practical peak in ``dtype``.
+
+    The size doubles from 256 until one product takes a tenth of ``budget`` seconds (or
+    reaches ``max_size``), and the product is then repeated for about ``budget`` seconds:
+    the measurement takes a second or two on any machine, also where ``dtype`` has no
+    native support (bfloat16 on a CPU without it runs about 10x slower than float32, and
+    a fixed 4096 x 4096 product would take minutes).
+
+    Returns
+    -------
+    flops : float
+        Floating-point operations per second.
+    size : int
+        The side of the matrices measured.
+    """
+    size = 256
+    while True:
+        a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+        a @ b  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        once = time.perf_counter() - start
+        if once >= budget / 10 or size >= max_size:
+            break
+        size *= 2
+    repeats = max(1, min(10, int(budget / max(once, 1e-9))))
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
     _sync(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
+    return 2 * size**3 * repeats / (time.perf_counter() - start), size
 
 
 def flops_per_image_step(module, x, precision):
@@ -426,8 +450,10 @@ def run_bench(*, root=None, out="results/bench", cache=None, device="cpu",
     results = {"environment": environment(), "net": net_name, "device": str(device),
                "steps": steps}
 
-    log("peak of a 4096 x 4096 matrix product")
-    peak = {p: matmul_peak(getattr(torch, p), device) for p in PRECISIONS}
+    log("peak of a matrix product, about a second per precision")
+    measured_peak = {p: matmul_peak(getattr(torch, p), device) for p in PRECISIONS}
+    peak = {p: flops for p, (flops, _) in measured_peak.items()}
+    results["peak_sizes"] = {p: size for p, (_, size) in measured_peak.items()}
     flops = {p: flops_per_image_step(module, X[:8], p) for p in PRECISIONS}
     results.update(peak_flops=peak, flops_per_image_step=flops)
 
@@ -546,8 +572,9 @@ def format_tables(results):
     lines = [f"Net: {results['net']}; device {results['device']}; "
              f"{results['environment']['machine']}; {results['steps']} steps per timing.", "",
              "## Throughput", "",
-             "Peak (4096 x 4096 matrix product): " + ", ".join(
-                 f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in results["peak_flops"].items())
+             "Peak (square matrix product, side in brackets): " + ", ".join(
+                 f"{p} {v / 1e9:.0f} GFLOP/s ({results.get('peak_sizes', {}).get(p, 4096)})"
+                 for p, v in results["peak_flops"].items())
              + "; FLOPs per image-step (forward + input gradient): " + ", ".join(
                  f"{p} {v / 1e6:.1f} M" for p, v in results["flops_per_image_step"].items()), ""]
     lines.append(markdown_table(
