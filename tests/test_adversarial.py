@@ -97,6 +97,9 @@ def test_adversarial_tests_each_detector_against_the_stronger_baseline(report):
     detection = pgd["detection"]
     stronger = max(DETECTORS[4:], key=lambda name: detection[name]["auroc"]["value"])
     assert set(pgd["tests"]) == set(DETECTORS[:4])
+    # max-softmax is a baseline both ways round: PGD makes the net more confident.
+    assert detection["max-softmax reversed (baseline)"]["auroc"]["value"] == pytest.approx(
+        1 - detection["max-softmax (baseline)"]["auroc"]["value"])
     for name, test in pgd["tests"].items():
         assert test["against"] == stronger
         assert test["difference"] == pytest.approx(detection[name]["auroc"]["value"]
