@@ -21,6 +21,7 @@ likely wrong. :meth:`Measurements.error_scores` is the one place where distances
 resistance features, for which *small* means likely wrong, are turned into error scores.
 """
 
+import functools
 import sys
 import warnings
 from dataclasses import dataclass, field, fields
@@ -32,14 +33,15 @@ from scipy.stats import spearmanr
 from joblib import effective_n_jobs
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from ._attack import ALL_FEATURE_NAMES, AttackResult, ResistanceAttack
 from ._cache import ResultStore, _settings, as_rows
 from ._estimator import _correct, _topk_indices, make_detector
 from ._nets import check_net, eval_mode, forward, logit_module, module_dtype, net_classes, \
     on_device, resolve_device
-from .metrics import bootstrap_interval, detection_metrics, equivalence_test, holm, \
-    mcnemar_test, paired_difference
+from .metrics import MetricDifference, bootstrap_interval, detection_metrics, \
+    equivalence_test, holm_family, mcnemar_test, paired_difference
 from .scores import (
     SOFTMAX_SCORES,
     deepfool,
@@ -807,6 +809,17 @@ class StudyResult:
         return figures
 
 
+def _one_blas_thread(function):
+    """``function`` with BLAS on one thread: the learned detectors' small fits spend far
+    longer waking BLAS threads than computing (an analysis took twice as long on 2 cores)."""
+    @functools.wraps(function)
+    def one_thread(*args, **kwargs):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return function(*args, **kwargs)
+    return one_thread
+
+
+@_one_blas_thread
 def analyse(measurements, *, groups=None, train=None, folds=5, n_resamples=1000,
             random_state=0):
     """Every claim of the write-up on ``measurements``, beside its baseline.
@@ -1073,10 +1086,10 @@ def score_metrics(is_positive, scores, *, metrics=None, groups=None, n_resamples
         The net's errors, or whatever a detector should flag.
     scores : dict of str to ndarray of shape (n_samples,)
         Higher means more likely positive.
-    metrics : dict of str to callable or None, default=None
-        ``metric(is_positive, score)`` to a float. None means the keys of
-        :data:`METRICS`, all from one sort by
-        :func:`~resistclf.metrics.detection_metrics`.
+    metrics : sequence of str, dict of str to callable, or None, default=None
+        Keys of :func:`~resistclf.metrics.detection_metrics`, whose bootstrap
+        computes every resample at once; or ``metric(is_positive, score)`` to a
+        float, by name. None means the keys of :data:`METRICS`.
     groups : array-like of shape (n_samples,) or None, default=None
         Sources of the samples, resampled together (a cluster bootstrap).
     n_resamples : int, default=1000
@@ -1088,30 +1101,27 @@ def score_metrics(is_positive, scores, *, metrics=None, groups=None, n_resamples
         ``results[score][metric] = {"value": ..., "ci": (low, high)}``.
     """
     def all_metrics(e, score):
-        if metrics is None:
-            values = detection_metrics(e, score)
-            return {key: values[key] for key in METRICS}
         return {key: metric(e, score) for key, metric in metrics.items()}
 
+    if isinstance(metrics, dict):
+        statistic, keys = all_metrics, list(metrics)
+    else:  # detection_metrics' other metrics come free and are dropped
+        statistic, keys = detection_metrics, list(METRICS if metrics is None else metrics)
     results = {}
     for name, score in scores.items():
-        values = all_metrics(is_positive, score)
-        intervals = bootstrap_interval(all_metrics, is_positive, score, groups=groups,
+        values = statistic(is_positive, score)
+        intervals = bootstrap_interval(statistic, is_positive, score, groups=groups,
                                        n_resamples=n_resamples, random_state=random_state)
-        results[name] = {key: {"value": values[key], "ci": intervals[key]} for key in values}
+        results[name] = {key: {"value": values[key], "ci": intervals[key]} for key in keys}
     return results
 
 
 def _complementarity(is_error, scores, boot):
     """Paired bootstrap differences in AUROC and AURC of each pair of ``COMPLEMENTS``."""
-    def differences(e, a, b):
-        with_, without = detection_metrics(e, a), detection_metrics(e, b)
-        return {key: with_[key] - without[key] for key in ("auroc", "aurc")}
-
     results = {}
     for name, (with_, without) in COMPLEMENTS.items():
-        tested = paired_difference(differences, is_error, scores[with_], scores[without],
-                                   **boot)
+        tested = paired_difference(MetricDifference(("auroc", "aurc")), is_error,
+                                   scores[with_], scores[without], **boot)
         row = {"with": with_, "without": without}
         for key, test in tested.items():
             row[key] = {**test, "verdict": _verdict(test["ci"], higher_is_better=key == "auroc",
@@ -1146,8 +1156,8 @@ def _tests(m, r, scores, boot):
     primary = {"question": PRIMARY_QUESTION, "with": with_, "without": without,
                "metric": "auroc", **r["complementarity"][PRIMARY]["auroc"]}
     primary["equivalence"] = equivalence_test(
-        lambda e, a, b: detection_metrics(e, a)["auroc"] - detection_metrics(e, b)["auroc"],
-        is_error, scores[with_], scores[without], margin=EQUIVALENCE_MARGIN["auroc"], **boot)
+        MetricDifference("auroc"), is_error, scores[with_], scores[without],
+        margin=EQUIVALENCE_MARGIN["auroc"], **boot)
 
     secondary = {}
     for name, row in r["complementarity"].items():
@@ -1162,17 +1172,10 @@ def _tests(m, r, scores, boot):
     secondary["best resistance score against the best softmax score: Δ AUROC"] = {
         "with": best["resistance"], "without": best["softmax"], "metric": "auroc",
         "selected": "each the highest AUROC of its family on these samples (exploratory)",
-        **paired_difference(lambda e, a, b: detection_metrics(e, a)["auroc"]
-                            - detection_metrics(e, b)["auroc"], is_error,
-                            scores[best["resistance"]], scores[best["softmax"]], **boot)}
+        **paired_difference(MetricDifference("auroc"), is_error, scores[best["resistance"]],
+                            scores[best["softmax"]], **boot)}
     secondary.update(_paired_rate_tests(m, r, boot))
-    adjusted = holm({name: test["p_value"] for name, test in secondary.items()})
-    for name, test in secondary.items():
-        test["p_holm"] = adjusted[name]
-        higher_is_better = test["metric"] not in ("aurc", "error")
-        test["verdict"] = "n/a" if np.isnan(test["p_holm"]) else (
-            "no difference found" if test["p_holm"] >= 0.05 else
-            ("better" if (test["difference"] > 0) == higher_is_better else "worse"))
+    holm_family(secondary, favours_a=lambda test: test["metric"] not in ("aurc", "error"))
     return {"primary": primary, "secondary": secondary}
 
 

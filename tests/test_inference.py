@@ -5,13 +5,17 @@ import pytest
 import scipy.stats
 
 from resistclf.metrics import (
+    MetricDifference,
     auroc,
     bootstrap_distribution,
     bootstrap_interval,
+    detection_metrics,
     equivalence_test,
     holm,
+    holm_family,
     mcnemar_test,
     paired_difference,
+    verdict,
 )
 
 
@@ -119,3 +123,61 @@ def test_holm_adjusts_step_down_and_leaves_nan_out():
     assert adjusted["a"] == pytest.approx(0.2) and adjusted["c"] == pytest.approx(0.02)
     assert np.isnan(adjusted["b"])
     assert holm([0.9, 0.8]).tolist() == [1.0, 1.0]  # capped at 1
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_detection_metrics_on_resamples_equal_the_metrics_of_each_resample(seed, grouped):
+    # Tied scores, a resample or two without errors, and (grouped) rows sharing a source.
+    rng = np.random.RandomState(seed)
+    n = rng.randint(8, 300)
+    is_error = rng.rand(n) < rng.uniform(0.03, 0.5)
+    score = np.round(rng.rand(n) + is_error * rng.rand(), rng.randint(1, 3))
+    boot = {"groups": rng.randint(0, n // 3 + 1, n) if grouped else None, "n_resamples": 60,
+            "random_state": seed}
+    one_at_a_time = bootstrap_distribution(lambda e, s: detection_metrics(e, s), is_error,
+                                           score, **boot)
+    together = bootstrap_distribution(detection_metrics, is_error, score, **boot)
+    assert set(together) == set(one_at_a_time)
+    for key, expected in one_at_a_time.items():
+        # Sums of exact half-integers and chosen points agree to the bit; the other
+        # metrics to the rounding of a sum taken in another order.
+        if key in ("auroc", "augrc", "fpr_at_95_tpr", "tpr_at_5_fpr"):
+            np.testing.assert_array_equal(together[key], expected, err_msg=key)
+        else:
+            np.testing.assert_allclose(together[key], expected, rtol=1e-12, err_msg=key)
+
+
+def test_metric_difference_is_the_paired_difference_of_the_metrics():
+    rng = np.random.RandomState(7)
+    is_error = rng.rand(150) < 0.2
+    a, b = is_error + rng.rand(150), np.round(rng.rand(150), 1)
+    by_hand = paired_difference(
+        lambda e, x, y: {key: detection_metrics(e, x)[key] - detection_metrics(e, y)[key]
+                         for key in ("auroc", "aurc")}, is_error, a, b, n_resamples=80)
+    fast = paired_difference(MetricDifference(("auroc", "aurc")), is_error, a, b,
+                             n_resamples=80)
+    assert fast["auroc"] == by_hand["auroc"]
+    assert fast["aurc"]["ci"] == pytest.approx(by_hand["aurc"]["ci"], rel=1e-12)
+    assert MetricDifference("auroc")(is_error, a, b) == auroc(is_error, a) - auroc(is_error, b)
+
+
+@pytest.mark.parametrize("difference, p_value, word", [
+    (+0.1, 0.01, "adds"), (-0.1, 0.01, "loses"), (+0.1, 0.05, "no difference found"),
+    (-0.1, 0.2, "no difference found"), (+0.1, np.nan, "n/a"),
+])
+def test_verdict_needs_a_significant_test_for_a_word(difference, p_value, word):
+    assert verdict(difference, p_value, words=("adds", "loses")) == word
+
+
+def test_holm_family_adjusts_then_judges_each_test_in_its_own_direction():
+    tests = {"auroc": {"difference": 0.02, "p_value": 0.02, "metric": "auroc"},
+             "aurc": {"difference": 0.001, "p_value": 0.01, "metric": "aurc"},
+             "top-2": {"difference": 0.01, "p_value": 0.04, "metric": "rate"}}
+    holm_family(tests, favours_a=lambda test: test["metric"] != "aurc")
+    assert [tests[k]["p_holm"] for k in tests] == pytest.approx([0.04, 0.03, 0.04])
+    # A higher AURC is worse: its positive difference makes resistance the worse method.
+    assert [tests[k]["verdict"] for k in tests] == ["better", "worse", "better"]
+    holm_family(tests := {"a": {"difference": 1.0, "p_value": 0.03},
+                          "b": {"difference": 1.0, "p_value": 0.04}})
+    assert tests["a"]["verdict"] == "no difference found"  # 0.06 after Holm

@@ -126,6 +126,7 @@ def test_detection_metrics_match_sklearn_and_brute_force(data, rate):
     assert metrics["auroc"] == pytest.approx(brute_auroc(is_error, score))
     assert metrics["aupr"] == pytest.approx(average_precision_score(is_error, score))
     assert metrics["fpr_at_95_tpr"] == pytest.approx(brute_fpr_at_tpr(is_error, score, 0.95))
+    assert metrics["tpr_at_5_fpr"] == pytest.approx(brute_tpr_at_fpr(is_error, score, 0.05))
     assert auroc(is_error, score) == pytest.approx(brute_auroc(is_error, score))
     assert fpr_at_tpr(is_error, score, rate) == pytest.approx(
         brute_fpr_at_tpr(is_error, score, rate))

@@ -187,8 +187,9 @@ def test_fpr_at_tpr_counts_thresholds_that_roc_curve_drops():
 @pytest.mark.parametrize("is_error", [np.zeros(6, bool), np.ones(6, bool)])
 def test_detection_metrics_nan_only_where_undefined(is_error):
     metrics = detection_metrics(is_error, np.arange(6.0))
-    assert set(metrics) == {"auroc", "aupr", "fpr_at_95_tpr", "aurc", "eaurc", "augrc"}
-    for key in ("auroc", "aupr", "fpr_at_95_tpr"):
+    assert set(metrics) == {"auroc", "aupr", "fpr_at_95_tpr", "tpr_at_5_fpr", "aurc", "eaurc",
+                            "augrc"}
+    for key in ("auroc", "aupr", "fpr_at_95_tpr", "tpr_at_5_fpr"):
         assert np.isnan(metrics[key])
     assert metrics["aurc"] == float(is_error[0]) and metrics["eaurc"] == 0.0
     assert np.isnan(auroc(is_error, np.arange(6.0)))

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .. import ResistanceAttack, ResultStore, make_detector
 from .._nets import eval_mode
-from ..metrics import auroc, holm, paired_difference, tpr_at_fpr
+from ..metrics import MetricDifference, holm_family, paired_difference, verdict
 from ..plotting import plot_boxplots, plot_image_grid, plot_roc_curves
 from ..study import Measurements, markdown_table, measure, p_cell, score_metrics, \
     with_interval
@@ -204,11 +205,13 @@ def _analyse_all(measured, arrays, seed, n_resamples):
     the per-image arrays; also each attack's per-image scores, for the figures."""
     clean, *per_attack = _split(measured, arrays["set"])
     analysis, scores = {}, {}
-    for i, (name, adv) in enumerate(zip(ATTACKS, per_attack), start=1):
-        rows = arrays["set"] == i
-        analysis[name], scores[name] = _analyse(
-            clean, adv, arrays["l2"][rows], arrays["linf"][rows], arrays["source"][rows],
-            seed, n_resamples)
+    # The detectors' small fits wait on BLAS threads far longer than they compute.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for i, (name, adv) in enumerate(zip(ATTACKS, per_attack), start=1):
+            rows = arrays["set"] == i
+            analysis[name], scores[name] = _analyse(
+                clean, adv, arrays["l2"][rows], arrays["linf"][rows], arrays["source"][rows],
+                seed, n_resamples)
     return {"clean": {"flip_rate": float(clean.attacks[0].flipped.mean()),
                       "median": _medians(clean)},
             "attacks": analysis, "tests": _family(analysis)}, scores
@@ -220,25 +223,14 @@ def _family(analysis):
     tests = {(attack, detector): test for attack, a in analysis.items()
              for detector, test in (a.get("tests") or {}).items()}
     primary = tests.pop((PRIMARY_ATTACK, PRIMARY_DETECTOR), None)
-    adjusted = holm({key: test["p_value"] for key, test in tests.items()})
-    for key, test in tests.items():
-        test["p_holm"] = adjusted[key]
-        test["verdict"] = _verdict(test, "p_holm")
+    holm_family(tests)
     if primary is not None:
         primary["p_holm"] = primary["p_value"]  # the one primary test needs no adjustment
-        primary["verdict"] = _verdict(primary, "p_value")
+        primary["verdict"] = verdict(primary["difference"], primary["p_value"])
     return {"primary_question": PRIMARY_QUESTION,
             "primary": None if primary is None else {
                 "attack": PRIMARY_ATTACK, "detector": PRIMARY_DETECTOR, **primary},
             "secondary_family": len(tests)}
-
-
-def _verdict(test, p_key):
-    if np.isnan(test[p_key]):
-        return "n/a"
-    if not test[p_key] < 0.05:
-        return "no difference found"
-    return "better" if test["difference"] > 0 else "worse"
 
 
 def _craft(torchattacks, module, X, y, seed, verbose):
@@ -275,7 +267,7 @@ def _successful(module, adversarial, y, name):
     return ok & (proba.max(axis=1) >= min_confidence) if min_confidence else ok
 
 
-METRICS = {"auroc": auroc, "tpr_at_5_fpr": partial(tpr_at_fpr, fpr=0.05)}
+METRICS = ("auroc", "tpr_at_5_fpr")
 
 
 def _medians(measured):
@@ -343,7 +335,7 @@ def _paired_tests(is_adv, scores, detection, boot):
     baselines = DETECTORS[4:]
     baseline = max(baselines, key=lambda name: detection[name]["auroc"]["value"])
     return {name: {"against": baseline, **paired_difference(
-        lambda e, a, b: auroc(e, a) - auroc(e, b), is_adv, scores[name], scores[baseline],
+        MetricDifference("auroc"), is_adv, scores[name], scores[baseline],
         **boot)} for name in DETECTORS if name not in baselines}
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from .. import ResistanceAttack, ResultStore
+from ..metrics import verdict
 from ..models import MLP, SimpleCNN
 from ..plotting import RiskCoverageDisplay, distinct_line_styles, plot_boxplots
 from ..study import SHOWN, Measurements, analyse, complementarity_table, count_cell, \
@@ -144,23 +145,22 @@ def _primary(comparison):
     per_net = {}
     for name, net in comparison.items():
         test = (net.get("tests") or {}).get("primary")
-        word = "not testable" if test is None else (
-            "no difference found" if not test["p_value"] < 0.05 else
-            "adds" if test["difference"] > 0 else "loses")
+        word = "not testable" if test is None else verdict(
+            test["difference"], test["p_value"], words=("adds", "loses"))
         per_net[name] = None if test is None else {
             key: test[key] for key in ("difference", "ci", "p_value", "resamples")}
         per_net[name] = {"word": word, "test": per_net[name],
                          "equivalent": bool(test and test["equivalence"]["equivalent"])}
     words = [net["word"] for net in per_net.values()]
     if all(word == "adds" for word in words):
-        verdict = "adds on every net"
+        overall = "adds on every net"
     elif all(net["equivalent"] for net in per_net.values()):
-        verdict = "equivalent to the softmax alone on every net (TOST, ±0.005 AUROC)"
+        overall = "equivalent to the softmax alone on every net (TOST, ±0.005 AUROC)"
     else:
-        verdict = "not shown on every net: " + "; ".join(
+        overall = "not shown on every net: " + "; ".join(
             f"{word} on {' / '.join(n for n in per_net if per_net[n]['word'] == word)}"
             for word in dict.fromkeys(words))
-    return {"question": PRIMARY_QUESTION, "per_net": per_net, "verdict": verdict}
+    return {"question": PRIMARY_QUESTION, "per_net": per_net, "verdict": overall}
 
 
 def _compare(measured, seed, n_resamples):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import AttackResult, ResistanceAttack, ResistanceMonitor, ResultStore
-from ..metrics import auroc, holm, paired_difference
+from ..metrics import MetricDifference, holm, paired_difference, verdict
 from ..models import SimpleCNN, make_net
 from ..plotting import plot_curves
 from ..scores import resistance_error_scores
@@ -135,7 +135,7 @@ def _analyse(arrays, epochs, n_resamples, seed):
         test = None
         if 0 < is_error.sum() < len(y):
             test = paired_difference(
-                lambda e, a, b: auroc(e, a) - auroc(e, b), is_error,
+                MetricDifference("auroc"), is_error,
                 resistance_error_scores(result, ["res_n"])["res_n"], 1 - result.conf0,
                 n_resamples=n_resamples, random_state=seed)
         per_epoch.append({"epoch": epoch, **values, "res_n_minus_max_softmax": test})
@@ -152,9 +152,7 @@ def _analyse(arrays, epochs, n_resamples, seed):
 def _verdict(test, p_key="p_value"):
     if test is None:
         return "not testable (no errors, or no correct predictions)"
-    if not test[p_key] < 0.05:
-        return "no difference found"
-    return "Res_N better" if test["difference"] > 0 else "Res_N worse"
+    return verdict(test["difference"], test[p_key], words=("Res_N better", "Res_N worse"))
 
 
 def _test_cell(test, p_key="p_value"):

@@ -23,7 +23,7 @@ from joblib import Parallel, delayed
 
 from .. import ResistanceAttack, ResultStore
 from ..datasets import CORRUPTIONS, corrupt
-from ..metrics import holm, paired_difference
+from ..metrics import holm_family, paired_difference
 from ..study import COMPETITORS, DEFAULT_COMPETITORS, PRIMARY_QUESTION, Measurements, analyse, \
     complementarity_table, cost_cell, count_cell, detection_table, distance_name, \
     markdown_table, measure, metric_cell, p_cell, percent_cell, proportion, tests_markdown, \
@@ -232,11 +232,7 @@ def analyse_sets(measured, corruptions, *, n_resamples, seed):
     secondary = {name: {**studies[name].results["tests"]["primary"]}
                  for name in studies if name not in ("all corruptions",)
                  if studies[name].results["tests"]}
-    adjusted = holm({name: test["p_value"] for name, test in secondary.items()})
-    for name, test in secondary.items():
-        test["p_holm"] = adjusted[name]
-        test["verdict"] = "no difference found" if not test["p_holm"] < 0.05 else (
-            "adds" if test["difference"] > 0 else "loses")
+    holm_family(secondary, words=("adds", "loses"))
     return {"primary": primary and {"set": "all corruptions", "protocol": "FD-Shifts: "
                                     "detectors trained on i.i.d. images only", **primary},
             "secondary": secondary, "sets": summaries}, studies

@@ -16,6 +16,7 @@ from importlib import import_module
 from pathlib import Path
 
 import numpy as np
+from joblib import Parallel, delayed, effective_n_jobs
 
 #: Floats may differ in their last bits only (another BLAS or thread count summing in
 #: another order); any real change to a number is far larger.
@@ -92,14 +93,22 @@ def _short(value):
     return text if len(text) < 80 else text[:77] + "..."
 
 
+def _verify_or_explain(folder):
+    try:
+        return verify(folder), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
 def main(args):
     """Entry point of ``resistclf verify``: exit 1 on any difference."""
+    # One report per core; a report that parallelises its own analysis runs it alone there.
+    outcomes = Parallel(n_jobs=min(len(args.folders), effective_n_jobs(-1)))(
+        delayed(_verify_or_explain)(folder) for folder in args.folders)
     failed = False
-    for folder in args.folders:
-        try:
-            differences = verify(folder)
-        except ValueError as exc:
-            print(f"{folder}: cannot verify: {exc}", file=sys.stderr)
+    for folder, (differences, problem) in zip(args.folders, outcomes):
+        if problem is not None:
+            print(f"{folder}: cannot verify: {problem}", file=sys.stderr)
             failed = True
             continue
         if differences:
