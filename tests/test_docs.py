@@ -1,4 +1,5 @@
-"""The API reference lists every public name (the Sphinx build itself runs in .ci/run)."""
+"""The API reference lists every public name, and the README's Quick start runs as written
+(the Sphinx build itself runs in .ci/run)."""
 
 import importlib
 import inspect
@@ -56,3 +57,17 @@ def test_api_page_lists_every_public_name(module):
 def test_api_page_lists_only_existing_names():
     # Resolving every entry raises AttributeError for a name that does not exist.
     assert len(_documented_objects()) > 10
+
+
+def _readme_blocks(language):
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_readme_quick_start_runs_as_written():
+    # The first Python block, verbatim: a new user's first minutes.
+    block = _readme_blocks("python")[0]
+    assert "ResistanceClassifier(" in block
+    namespace = {}
+    exec(compile(block, "README.md (Quick start)", "exec"), namespace)
+    assert namespace["clf"].predict_topk(namespace["X_test"][:3], k=2).shape == (3, 2)
