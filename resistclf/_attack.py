@@ -469,7 +469,7 @@ class ResistanceAttack(BaseEstimator):
         if not isinstance(X, (torch.Tensor, np.ndarray, Dataset)):
             raise TypeError("X must be a torch.Tensor, a NumPy array or a map-style Dataset; "
                             f"got a {type(X).__name__}.")
-        images = _Images(X)
+        images = ImageReader(X)
         device = resolve_device(self.device, module)
         module = self.preprocessed(module, images.sample_shape)
         n_jobs = effective_n_jobs(self.n_jobs)
@@ -666,7 +666,7 @@ class ResistanceAttack(BaseEstimator):
 
     def _auto_batch_size(self, module, X, device, n_jobs=1):
         """The smallest batch size within 10% of the best measured throughput."""
-        images = _Images(X)
+        images = ImageReader(X)
         # Workers on this machine share its memory; those of a cluster do not count.
         budget = _memory_budget(device) // min(n_jobs, os.cpu_count() or 1)
         per_image = _bytes_per_image(module, images.take(np.arange(min(2, len(images))))
@@ -764,10 +764,10 @@ def _attack_task(task):
     scheduler can rerun it elsewhere.
     """
     attack, module, images, *rest = task
-    return attack._attack_chunk(module, _Images(images), *rest)
+    return attack._attack_chunk(module, ImageReader(images), *rest)
 
 
-class _Images:
+class ImageReader:
     """Read access to the images to attack, a few at a time.
 
     ``X`` is a tensor, a NumPy array (a memory map is read only where asked) or a
@@ -802,7 +802,7 @@ class _Images:
 
     def _rows(self, positions):
         rows = self._read(positions)
-        _check_float(self.X.dtype if isinstance(self.X, (np.ndarray, torch.Tensor)) else rows.dtype)
+        check_float(self.X.dtype if isinstance(self.X, (np.ndarray, torch.Tensor)) else rows.dtype)
         finite = torch.isfinite(rows.flatten(1) if rows.ndim > 1 else rows[:, None]).all(dim=1)
         if not bool(finite.all()):
             first = int((~finite).nonzero()[0, 0])
@@ -842,7 +842,7 @@ class _Images:
         )
 
 
-def _check_float(dtype):
+def check_float(dtype):
     """Raise unless ``dtype`` (NumPy's or torch's) is a floating-point type."""
     floating = (dtype.is_floating_point if isinstance(dtype, torch.dtype)
                 else np.issubdtype(dtype, np.floating))

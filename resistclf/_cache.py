@@ -31,7 +31,7 @@ from joblib import effective_n_jobs
 from sklearn.base import BaseEstimator
 from torch.utils.data import Dataset
 
-from ._attack import AttackResult, _Images
+from ._attack import AttackResult, ImageReader
 
 #: The per-sample fields stored; traces are never cached.
 _CACHED_FIELDS = [f.name for f in fields(AttackResult) if not f.name.endswith("_trace")]
@@ -251,8 +251,8 @@ class AttackCache:
         if not isinstance(X, np.ndarray):
             X = np.asarray(X.detach().cpu() if isinstance(X, torch.Tensor) else X)
         if X.dtype.kind != "f":
-            _Images(X)  # the attack's own error, before the float32 keys hide the dtype
-        prefix = repr((_fingerprint(module), _settings(attack), rank)).encode()
+            ImageReader(X)  # the attack's own error, before the float32 keys hide the dtype
+        prefix = repr((_fingerprint(module), settings_key(attack), rank)).encode()
 
         def compute(rows):
             fresh = attack(module, rows, rank=rank)
@@ -457,7 +457,7 @@ class ResultStore:
             return json.loads(Path(path).read_bytes())
 
         def write(file, value):
-            file.write(json.dumps(value, default=_jsonable).encode())
+            file.write(json.dumps(value, default=jsonable).encode())
 
         return self._value(name, settings, compute, ".json", read, write)
 
@@ -609,7 +609,7 @@ def _warn_unreadable(path, reason):
                   "replaced.", UserWarning, stacklevel=4)
 
 
-def _jsonable(value):
+def jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -731,7 +731,7 @@ def _feed(digest, value):
                         "them.")
 
 
-def _settings(attack):
+def settings_key(attack):
     # verbose and n_jobs do not change the results (the attack's tests check n_jobs).
     return tuple(sorted((k, repr(v)) for k, v in attack.get_params().items()
                         if k not in ("verbose", "n_jobs")))

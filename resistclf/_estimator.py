@@ -39,12 +39,12 @@ from torch import nn
 from ._attack import (
     FEATURE_NAMES,
     AttackResult,
+    ImageReader,
     ResistanceAttack,
-    _check_float,
-    _Images,
     check_feature_names,
+    check_float,
 )
-from ._cache import AttackCache, ResultStore, _settings
+from ._cache import AttackCache, ResultStore, settings_key
 from ._nets import (
     check_net,
     eval_mode,
@@ -634,7 +634,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         _check_k(k, n_classes)
         X = self._validate(X)
         attacks = [self._attack(X, rank=rank) for rank in range(_ranks_needed(k, n_classes))]
-        return self.classes_[_topk_indices(attacks, self._logits(X).numpy(), k)]
+        return self.classes_[topk_indices(attacks, self._logits(X).numpy(), k)]
 
     def attack_results(self, X, rank=0):
         """The full per-sample outcome of the attack on the fitted net.
@@ -704,7 +704,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
             return self.cache.attack(attack, module, X, rank=rank)
         if not remember:
             return attack(module, X, rank=rank)
-        key = ResultStore.key(X, rank, _settings(attack), module)
+        key = ResultStore.key(X, rank, settings_key(attack), module)
         result = self._last_results.get(key)
         if result is None:
             result = attack(module, X, rank=rank)
@@ -721,7 +721,7 @@ class ResistanceClassifier(ClassifierMixin, TransformerMixin, MetaEstimatorMixin
         # Plain forward passes need far less memory than the attack's steps.
         batch_size = 256 if attack.batch_size == "auto" else attack.batch_size
         device = resolve_device(attack.device, module)
-        images, dtype = _Images(X), module_dtype(module)
+        images, dtype = ImageReader(X), module_dtype(module)
         with on_device(module, device), eval_mode(module), torch.no_grad():
             return torch.cat([
                 forward(module, images.read(i, i + batch_size).to(device, dtype)).float().cpu()
@@ -801,7 +801,7 @@ def _check_images(X):
     expect that, but 0-255 pixels would meet a step size made for [0, 1].
     """
     if len(getattr(X, "shape", ())) > 2 and hasattr(X, "dtype"):
-        _check_float(X.dtype)
+        check_float(X.dtype)
 
 
 def _channels(n):
@@ -859,7 +859,7 @@ def _ranks_needed(k, n_classes):
     return 0 if k == 1 else 1 if k == 2 else min(3, n_classes - 1)
 
 
-def _topk_indices(attacks, logits, k):
+def topk_indices(attacks, logits, k):
     """:meth:`ResistanceClassifier.predict_topk`'s lists from attack results, as indices.
 
     ``attacks`` holds the results at ranks 0, 1, ... on the same samples, ``logits``
@@ -920,7 +920,7 @@ def _error_probability(detector, results, features):
     return proba[:, detector.classes_ == 1].sum(axis=1)
 
 
-def _correct(train, y_train, held, *, features=FEATURE_NAMES, detector=None,
+def detect_then_correct(train, y_train, held, *, features=FEATURE_NAMES, detector=None,
              threshold="auto", random_state=None):
     """Detect-then-correct on attack results: fit on ``train``, correct ``held``.
 

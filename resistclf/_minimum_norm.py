@@ -22,6 +22,8 @@ with warnings.catch_warnings():
     from foolbox.attacks.gradient_descent_base import clip_lp_norms
 
 from ._attack import ResistanceAttack
+from ._inputs import as_input_tensor, check_finite_rows, check_positive_int, \
+    device_batches
 from ._nets import check_module, eval_mode, forward, module_dtype, on_device, resolve_device
 
 #: Relative growth of FMN's ball at every projection, so that an iterate that
@@ -231,20 +233,17 @@ def minimum_norm(module, X, *, attack="fmn-l2", steps=None, bounds=(0, 1), prepr
     >>> result.distance.round(4), result.adversarial_class, result.forward_passes
     (array([0.3536]), array([1]), array([102]))
     """
-    # scores imports this module, so its helpers are imported when called.
-    from .scores import _batches, _check_finite, _check_inputs, _check_positive_int
-
     start = time.perf_counter()
     check_module(module)
     if not isinstance(attack, str) or attack not in _NORMS:
         raise ValueError(f"attack must be one of {sorted(_NORMS)}; got {attack!r}.")
     if steps is not None:
-        _check_positive_int("steps", steps)
-    _check_positive_int("batch_size", batch_size)
+        check_positive_int("steps", steps)
+    check_positive_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
     low, high = _check_bounds(bounds)
-    X = _check_inputs(X)
+    X = as_input_tensor(X)
     if X.min() < low or X.max() > high:
         raise ValueError(
             f"X must lie within bounds=({low}, {high}), the box the adversarials stay in; "
@@ -269,11 +268,11 @@ def minimum_norm(module, X, *, attack="fmn-l2", steps=None, bounds=(0, 1), prepr
         counter = PassCounter(ResistanceAttack(preprocessing=preprocessing)
                               .preprocessed(module, X.shape[1:])).eval()
         model = foolbox.PyTorchModel(counter, bounds=(low, high), device=device)
-        for numbers, x in _batches(module, X, batch_size, device):
+        for numbers, x in device_batches(module, X, batch_size, device):
             counter.forward_rows = counter.backward_rows = 0
             with torch.no_grad():
                 logits = forward(counter, x)
-            _check_finite(logits, numbers, "logits")
+            check_finite_rows(logits, numbers, "logits")
             predicted = logits.argmax(1)
             adversarial = fb_attack.run(model, x, foolbox.criteria.Misclassification(predicted))
             with torch.no_grad():

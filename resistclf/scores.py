@@ -30,14 +30,16 @@ smallest positive number).
 import functools
 import warnings
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
 
 from ._attack import check_clip
+from ._inputs import as_input_tensor, check_finite_rows, check_positive_int, \
+    device_batches
 from ._minimum_norm import MinimumNormResult, minimum_norm
-from ._nets import check_module, eval_mode, forward, module_dtype, on_device, resolve_device
+from ._nets import check_module, eval_mode, forward, on_device, resolve_device
 
 __all__ = ["SOFTMAX_SCORES", "DeepFoolResult", "MinimumNormResult", "deepfool", "doctor_alpha",
            "doctor_beta", "energy", "entropy", "input_margin", "logit_margin", "max_logit",
@@ -308,53 +310,6 @@ def softmax_scores(logits):
 
 # ------------------------------------------------------------- attack-based distances
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-
-
-def _check_inputs(X):
-    """X as a tensor; never written to (each batch is copied before use)."""
-    if isinstance(X, torch.Tensor):
-        X = X.detach()
-    else:
-        X = np.asarray(X)
-        if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
-            raise ValueError(f"X must hold real numbers; got dtype {X.dtype}.")
-        X = torch.from_numpy(np.array(X, dtype=np.float64))
-    if X.dtype == torch.bool or X.dtype.is_complex:
-        raise ValueError(f"X must hold real numbers; got dtype {X.dtype}.")
-    if X.ndim < 2 or len(X) == 0:
-        raise ValueError(
-            f"X must hold at least one sample and have shape (n_samples, ...); got shape "
-            f"{tuple(X.shape)}."
-        )
-    if not torch.isfinite(X).all():
-        raise ValueError("X must be finite; got NaN or infinite values.")
-    return X
-
-
-def _batches(module, X, batch_size, device):
-    """The numbers of X's batches' inputs, and copies of the batches on ``device`` in the
-    module's dtype."""
-    dtype = module_dtype(module)
-    for start in range(0, len(X), batch_size):
-        batch = X[start : start + batch_size]
-        yield range(start, start + len(batch)), batch.to(device=device, dtype=dtype, copy=True)
-
-
-def _check_finite(values, numbers, what):
-    """Raise, naming the input, where a row of ``values`` (the net's ``what``) is not finite.
-
-    ``numbers[i]`` is the number, in X, of the input of row ``i``.
-    """
-    finite = torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
-    if not bool(finite.all()):
-        number = numbers[int((~finite).nonzero()[0, 0])]
-        raise ValueError(f"The net returned NaN or infinite {what} for input {int(number)}: "
-                         "its distance to the decision boundary is undefined.")
-
-
 def _linearised_boundaries(logits, x, predicted):
     """For each class j other than the prediction c: ``z_c - z_j`` and its input gradient.
 
@@ -420,18 +375,18 @@ def input_margin(module, X, *, norm="l2", batch_size=256, device=None):
     check_module(module)
     if norm not in ("l2", "linf"):
         raise ValueError(f"norm must be 'l2' or 'linf'; got {norm!r}.")
-    _check_positive_int("batch_size", batch_size)
-    X = _check_inputs(X)
+    check_positive_int("batch_size", batch_size)
+    X = as_input_tensor(X)
     device = resolve_device(device, module)
     margins = []
     with on_device(module, device), eval_mode(module), torch.enable_grad():
-        for numbers, x in _batches(module, X, batch_size, device):
+        for numbers, x in device_batches(module, X, batch_size, device):
             x.requires_grad_(True)
             logits = forward(module, x)
-            _check_finite(logits, numbers, "logits")
+            check_finite_rows(logits, numbers, "logits")
             margin = torch.full((len(x),), torch.inf, dtype=torch.float64, device=device)
             for difference, gradient in _linearised_boundaries(logits, x, logits.argmax(1)):
-                _check_finite(gradient, numbers, "input gradients")
+                check_finite_rows(gradient, numbers, "input gradients")
                 dual = gradient.norm(p=2 if norm == "l2" else 1, dim=1).double()
                 margin = torch.minimum(margin, _distance(difference.double(), dual))
             margins.append(margin.cpu())
@@ -543,17 +498,17 @@ def deepfool(module, X, *, max_iter=50, overshoot=0.02, clip=None, batch_size=25
     :attr:`DeepFoolResult.backward_passes`.
     """
     check_module(module)
-    _check_positive_int("max_iter", max_iter)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("max_iter", max_iter)
+    check_positive_int("batch_size", batch_size)
     if isinstance(overshoot, bool) or not isinstance(overshoot, Real) \
             or not 0 <= overshoot < np.inf:
         raise ValueError(f"overshoot must be a finite number >= 0; got {overshoot!r}.")
     check_clip(clip)
-    X = _check_inputs(X)
+    X = as_input_tensor(X)
     device = resolve_device(device, module)
     parts = []
     with on_device(module, device), eval_mode(module), torch.enable_grad():
-        for numbers, x0 in _batches(module, X, batch_size, device):
+        for numbers, x0 in device_batches(module, X, batch_size, device):
             parts.append(_deepfool_batch(module, x0, max_iter, overshoot, clip, numbers))
     n_classes = parts[0][-1]
     distance, success, adversarial_class, n_iter = (
@@ -577,13 +532,13 @@ def _deepfool_batch(module, x0, max_iter, overshoot, clip, numbers):
         xa = x[active].requires_grad_(True)
         logits = forward(module, xa)
         where = "logits" if step == 0 else f"logits at DeepFool step {step + 1}"
-        _check_finite(logits, [numbers[i] for i in active.tolist()], where)
+        check_finite_rows(logits, [numbers[i] for i in active.tolist()], where)
         if predicted is None:
             predicted = logits.argmax(1).detach()
         best = torch.full((len(active),), torch.inf, dtype=xa.dtype, device=x0.device)
         step = torch.zeros_like(xa).flatten(1)
         for difference, gradient in _linearised_boundaries(logits, xa, predicted[active]):
-            _check_finite(gradient, [numbers[i] for i in active.tolist()], "input gradients")
+            check_finite_rows(gradient, [numbers[i] for i in active.tolist()], "input gradients")
             squared_norm = (gradient**2).sum(1)
             distance = _distance(difference, squared_norm.sqrt())
             closer = distance < best

@@ -36,8 +36,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from ._attack import ALL_FEATURE_NAMES, AttackResult, ResistanceAttack
-from ._cache import ResultStore, _settings, as_rows
-from ._estimator import _correct, _topk_indices, make_detector
+from ._cache import ResultStore, settings_key, as_rows
+from ._estimator import detect_then_correct, make_detector, topk_indices
 from ._nets import check_net, eval_mode, forward, logit_module, module_dtype, net_classes, \
     on_device, resolve_device
 from .metrics import MetricDifference, bootstrap_interval, detection_metrics, \
@@ -402,7 +402,7 @@ class Measurements:
         labels : ndarray of shape (n_samples, k)
             Indices into ``classes``, best first.
         """
-        return _topk_indices(self.attacks, self.logits, k)
+        return topk_indices(self.attacks, self.logits, k)
 
     def corrected_predictions(self, *, folds=5, random_state=0, groups=None, train=None):
         """Detect-then-correct's predictions, cross-validated over the samples.
@@ -448,8 +448,8 @@ class Measurements:
                          random_state)
         for fit, held in splits:
             fit = fit[learns[fit]]
-            corrected[known[held]] = _correct(result[fit], y[fit], result[held],
-                                              random_state=random_state)
+            corrected[known[held]] = detect_then_correct(result[fit], y[fit], result[held],
+                                                         random_state=random_state)
         return corrected
 
     def cost(self):
@@ -554,7 +554,7 @@ def measure(net, X, y=None, *, attack=None, ranks=1, competitors=DEFAULT_COMPETI
     for rank in range(ranks):
         announce(f"resistance attack, rank {rank}")
         columns = store.rows(
-            f"resistance-rank{rank}", (module, _settings(attack), rank), X,
+            f"resistance-rank{rank}", (module, settings_key(attack), rank), X,
             lambda rows, rank=rank: _attack_columns(on_module, module, rows, rank),
             chunk_size=_attack_chunk_size(attack), digests=digests)
         attacks.append(AttackResult(**{name: columns[name] for name in _ATTACK_FIELDS}))

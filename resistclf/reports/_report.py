@@ -18,7 +18,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from .._cache import _jsonable, atomic_write
+from .._cache import jsonable, atomic_write
 
 
 def environment():
@@ -205,4 +205,4 @@ def write_text(path, text):
 
 def write_json(path, value, indent=2):
     """Write ``value`` to ``path`` as JSON (NumPy numbers and arrays as plain ones), atomically."""
-    write_text(path, json.dumps(value, indent=indent, default=_jsonable))
+    write_text(path, json.dumps(value, indent=indent, default=jsonable))
