@@ -16,9 +16,8 @@ Two kinds of scores live here, and they point in opposite directions:
   :meth:`resistclf.study.Measurements.error_scores` for every score of a study.
 
 Each function's name says its direction: ``one_minus_max_softmax`` is ``1 - p_max``,
-``negative_logit_margin`` is ``-(z_1 - z_2)``. The former names (``max_softmax``,
-``max_logit``, ``softmax_margin``, ``logit_margin``), which read as the confidence
-itself, are deprecated aliases until resistclf 0.3.
+``negative_logit_margin`` is ``-(z_1 - z_2)``; no name here reads as the confidence
+itself.
 
 Scores from logits are computed in float64 from the logits, never from
 probabilities rounded to 1: ``1 - max_softmax`` is computed from the other
@@ -27,8 +26,6 @@ distinct for confident predictions (down to about ``exp(-745)``, float64's
 smallest positive number).
 """
 
-import functools
-import warnings
 from dataclasses import dataclass
 from numbers import Real
 
@@ -42,10 +39,9 @@ from ._minimum_norm import MinimumNormResult, minimum_norm
 from ._nets import check_module, eval_mode, forward, on_device, resolve_device
 
 __all__ = ["SOFTMAX_SCORES", "DeepFoolResult", "MinimumNormResult", "deepfool", "doctor_alpha",
-           "doctor_beta", "energy", "entropy", "input_margin", "logit_margin", "max_logit",
-           "max_softmax", "minimum_norm", "negative_logit_margin", "negative_max_logit",
-           "one_minus_max_softmax", "one_minus_softmax_margin", "resistance_error_scores",
-           "softmax_margin", "softmax_scores"]
+           "doctor_beta", "energy", "entropy", "input_margin", "minimum_norm",
+           "negative_logit_margin", "negative_max_logit", "one_minus_max_softmax",
+           "one_minus_softmax_margin", "resistance_error_scores", "softmax_scores"]
 
 
 # ------------------------------------------------------------- scores from logits
@@ -244,27 +240,6 @@ SOFTMAX_SCORES = {
     "DOCTOR D_alpha": doctor_alpha,
     "DOCTOR D_beta": doctor_beta,
 }
-
-
-def _deprecated(new, old):
-    """``new`` under its former name ``old``, warning that the name will go."""
-    @functools.wraps(new)
-    def alias(logits):
-        warnings.warn(f"resistclf.scores.{old} was renamed {new.__name__}, a name that says "
-                      f"what it returns (higher means more likely an error); {old} will be "
-                      "removed in resistclf 0.3.", FutureWarning, stacklevel=2)
-        return new(logits)
-
-    alias.__name__ = alias.__qualname__ = old
-    alias.__doc__ = (f"Deprecated alias of :func:`{new.__name__}`, to be removed in "
-                     f"resistclf 0.3.\n\n{new.__doc__}")
-    return alias
-
-
-max_softmax = _deprecated(one_minus_max_softmax, "max_softmax")
-max_logit = _deprecated(negative_max_logit, "max_logit")
-softmax_margin = _deprecated(one_minus_softmax_margin, "softmax_margin")
-logit_margin = _deprecated(negative_logit_margin, "logit_margin")
 
 
 def resistance_error_scores(result, features=("res_n", "res_max", "res_min", "res_mean")):

@@ -431,16 +431,12 @@ def test_attack_scores_reject_bool_and_complex_tensors(attack, X):
 
 
 
-@pytest.mark.parametrize("old, new", [("max_softmax", one_minus_max_softmax),
-                                      ("max_logit", negative_max_logit),
-                                      ("softmax_margin", one_minus_softmax_margin),
-                                      ("logit_margin", negative_logit_margin)])
-def test_scores_former_names_warn_and_give_the_same_scores(old, new):
+@pytest.mark.parametrize("name", ["max_softmax", "max_logit", "softmax_margin", "logit_margin"])
+def test_scores_have_no_name_that_reads_as_the_confidence(name):
+    # Each returns an error score (higher: more likely wrong); these names said the opposite.
     from resistclf import scores
 
-    logits = np.random.RandomState(0).randn(5, 4)
-    with pytest.warns(FutureWarning, match=f"{old} was renamed {new.__name__}"):
-        np.testing.assert_array_equal(getattr(scores, old)(logits), new(logits))
+    assert not hasattr(scores, name) and name not in scores.__all__
 
 
 def test_resistance_error_scores_are_the_negated_features():
