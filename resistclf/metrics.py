@@ -523,19 +523,24 @@ def _block_metrics(counts, errors, keys):
                                        / (n_errors * n_correct), np.nan)
         errors_before = accepted_errors - errors
         if {"aupr", "fpr_at_95_tpr", "tpr_at_5_fpr"} & set(keys):
-            # From the highest score down, flagging each block and every block above it.
-            tps = (n_errors[:, None] - errors_before)[:, ::-1]
-            fps = (n_correct[:, None] - (before - errors_before))[:, ::-1]
-            flagged = tps + fps
-            precision = np.where(flagged > 0, tps / np.maximum(flagged, 1), 0.0)
-            values["aupr"] = np.where(defined, np.sum(np.diff(tps, axis=1, prepend=0)
-                                                      * precision, axis=1) / n_errors, np.nan)
-            first = np.argmax(tps / n_errors[:, None] >= 0.95, axis=1)
-            values["fpr_at_95_tpr"] = np.where(defined, fps[np.arange(len(fps)), first]
-                                               / n_correct, np.nan)
-            # The ROC curve starts at (0, 0); the last point with FPR at most 5% counts.
-            last = np.sum(fps / n_correct[:, None] <= 0.05, axis=1)
-            tpr = np.where(last > 0, tps[np.arange(len(tps)), np.maximum(last - 1, 0)]
+            # Each block's ROC point flags it and every block above it: all samples but the
+            # ``before`` ones. Read from the highest score down, the points' new true
+            # positives are the blocks' errors.
+            rows = np.arange(len(counts))
+            tps = n_errors[:, None] - errors_before
+            flagged = n[:, None] - before
+            fps = flagged - tps
+            precision = tps / np.maximum(flagged, 1)  # a block with errors flags some
+            values["aupr"] = np.where(defined, np.sum(errors * precision, axis=1) / n_errors,
+                                      np.nan)
+            # The strictest threshold that reaches 95% of the errors: the last such block.
+            reached = np.sum(tps / n_errors[:, None] >= 0.95, axis=1)
+            values["fpr_at_95_tpr"] = np.where(
+                defined, fps[rows, np.maximum(reached - 1, 0)] / n_correct, np.nan)
+            # The ROC curve starts at (0, 0); the loosest point with FPR at most 5% counts.
+            within = np.sum(fps / n_correct[:, None] <= 0.05, axis=1)
+            tpr = np.where(within > 0, tps[rows, np.minimum(counts.shape[1] - within,
+                                                             counts.shape[1] - 1)]
                            / n_errors, 0.0)
             values["tpr_at_5_fpr"] = np.where(defined, tpr, np.nan)
         if {"aurc", "eaurc"} & set(keys):
