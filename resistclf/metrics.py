@@ -600,9 +600,11 @@ class MetricDifference:
         return differences[self.metric] if isinstance(self.metric, str) else differences
 
     def __call__(self, is_error, a, b):
+        """The difference on the samples as they are (a float, or a dict for several)."""
         return self._difference(detection_metrics(is_error, a), detection_metrics(is_error, b))
 
     def on_resamples(self, is_error, a, b, *, rows):
+        """The difference on every resample ``rows`` (row indices), as arrays."""
         return self._difference(*_resampled_detection_metrics(is_error, [a, b], rows,
                                                               self._keys))
 
