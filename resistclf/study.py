@@ -40,7 +40,7 @@ from ._cache import ResultStore, settings_key, as_rows
 from ._estimator import detect_then_correct, make_detector, topk_indices
 from ._nets import check_net, eval_mode, forward, logit_module, module_dtype, net_classes, \
     on_device, resolve_device
-from .metrics import MetricDifference, bootstrap_interval, detection_metrics, \
+from .metrics import DetectionMetric, MetricDifference, bootstrap_interval, \
     equivalence_test, holm_family, mcnemar_test, paired_difference
 from .scores import (
     SOFTMAX_SCORES,
@@ -1105,8 +1105,9 @@ def score_metrics(is_positive, scores, *, metrics=None, groups=None, n_resamples
 
     if isinstance(metrics, dict):
         statistic, keys = all_metrics, list(metrics)
-    else:  # detection_metrics' other metrics come free and are dropped
-        statistic, keys = detection_metrics, list(METRICS if metrics is None else metrics)
+    else:
+        keys = list(METRICS if metrics is None else metrics)
+        statistic = DetectionMetric(tuple(keys))
     results = {}
     for name, score in scores.items():
         values = statistic(is_positive, score)

@@ -198,6 +198,8 @@ BAD_ARGUMENTS = [
     (metrics.MetricDifference, ("AUROC",), {}, ValueError,
      r"metric must name metrics of detection_metrics, \['auroc', .*\]; got 'AUROC'"),
     (metrics.MetricDifference, ((),), {}, ValueError, "metric must name metrics"),
+    (metrics.DetectionMetric, (("auroc", "f1"),), {}, ValueError,
+     r"metric must name metrics of detection_metrics, .*; got \('auroc', 'f1'\)"),
     (metrics.mcnemar_test, (IS_ERROR, IS_ERROR[:3]), {}, ValueError,
      "a_right and b_right must be 1-D arrays of one length"),
     (metrics.mcnemar_test, (IS_ERROR, IS_ERROR.astype(int)), {}, ValueError,

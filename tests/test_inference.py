@@ -5,6 +5,7 @@ import pytest
 import scipy.stats
 
 from resistclf.metrics import (
+    DetectionMetric,
     MetricDifference,
     auroc,
     bootstrap_distribution,
@@ -140,12 +141,14 @@ def test_detection_metrics_on_resamples_equal_the_metrics_of_each_resample(seed,
     together = bootstrap_distribution(detection_metrics, is_error, score, **boot)
     assert set(together) == set(one_at_a_time)
     for key, expected in one_at_a_time.items():
-        # Sums of exact half-integers and chosen points agree to the bit; the other
-        # metrics to the rounding of a sum taken in another order.
+        # Exact sums of integers and chosen points agree to the bit; the other metrics
+        # to the rounding of a sum taken in another order (E-AURC, a difference of two
+        # near-equal areas, to that rounding of the areas).
         if key in ("auroc", "augrc", "fpr_at_95_tpr", "tpr_at_5_fpr"):
             np.testing.assert_array_equal(together[key], expected, err_msg=key)
         else:
-            np.testing.assert_allclose(together[key], expected, rtol=1e-12, err_msg=key)
+            np.testing.assert_allclose(together[key], expected, rtol=1e-12, atol=1e-15,
+                                       err_msg=key)
 
 
 def test_metric_difference_is_the_paired_difference_of_the_metrics():
@@ -181,3 +184,19 @@ def test_holm_family_adjusts_then_judges_each_test_in_its_own_direction():
     holm_family(tests := {"a": {"difference": 1.0, "p_value": 0.03},
                           "b": {"difference": 1.0, "p_value": 0.04}})
     assert tests["a"]["verdict"] == "no difference found"  # 0.06 after Holm
+
+
+def test_detection_metric_gives_the_metrics_asked_for_on_every_resample():
+    rng = np.random.RandomState(3)
+    is_error = rng.rand(120) < 0.25
+    score = np.round(is_error * 0.4 + rng.rand(120), 1)
+    keys = ("aurc", "tpr_at_5_fpr")
+    assert DetectionMetric("auroc")(is_error, score) == auroc(is_error, score)
+    assert DetectionMetric(keys)(is_error, score) == {
+        key: detection_metrics(is_error, score)[key] for key in keys}
+    chosen = bootstrap_distribution(DetectionMetric(keys), is_error, score, n_resamples=40)
+    every = bootstrap_distribution(detection_metrics, is_error, score, n_resamples=40)
+    assert set(chosen) == set(keys)
+    np.testing.assert_array_equal(chosen["tpr_at_5_fpr"], every["tpr_at_5_fpr"])
+    np.testing.assert_allclose(chosen["aurc"], every["aurc"], rtol=1e-12)
+
