@@ -10,7 +10,7 @@ from skorch.callbacks import Callback
 from ._attack import ResistanceAttack
 from ._nets import logit_module
 from .metrics import detection_metrics
-from .scores import resistance_error_scores
+from .scores import one_minus_confidence, resistance_error_scores
 
 
 class ResistanceMonitor(Callback):
@@ -178,8 +178,8 @@ class ResistanceMonitor(Callback):
               for group in (correct, wrong) for q in self.quantiles),
             detection_metrics(is_error, resistance_error_scores(result, ["res_n"])["res_n"])[
                 "auroc"],
-            # 1 - Conf at r = 0: max-softmax as an error score, from the attack's float32 Conf.
-            detection_metrics(is_error, 1 - result.conf0)["auroc"],
+            # Max-softmax as an error score, from the attack's float32 Conf at r = 0.
+            detection_metrics(is_error, one_minus_confidence(result.conf0))["auroc"],
             stat(np.mean, to_label(result.adversarial_class[is_error]) == y[is_error]),
             float(result.flipped.mean()),
         ]

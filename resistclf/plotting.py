@@ -9,6 +9,7 @@ from sklearn.metrics import RocCurveDisplay
 
 from .metrics import aurc as _aurc
 from .metrics import risk_coverage_curve
+from .scores import one_minus_confidence
 
 
 def _image(ax, image, title):
@@ -442,7 +443,7 @@ class RiskCoverageDisplay:
             prediction = estimator.classes_[np.argmax(estimator.predict_proba(X), axis=1)]
         else:
             prediction = estimator.predict(X)
-            error_score = 1 - np.max(estimator.predict_proba(X), axis=1)
+            error_score = one_minus_confidence(np.max(estimator.predict_proba(X), axis=1))
         is_error = prediction != np.asarray(y)
         name = type(estimator).__name__ if name is None else name
         return cls.from_predictions(is_error, error_score, name=name, ax=ax,

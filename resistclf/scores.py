@@ -15,6 +15,10 @@ Two kinds of scores live here, and they point in opposite directions:
   :func:`resistance_error_scores` does so for the resistance features, and
   :meth:`resistclf.study.Measurements.error_scores` for every score of a study.
 
+Where only the probability of the prediction is at hand (an estimator's
+``predict_proba``, the attack's ``AttackResult.conf0``),
+:func:`one_minus_confidence` makes it an error score.
+
 Each function's name says its direction: ``one_minus_max_softmax`` is ``1 - p_max``,
 ``negative_logit_margin`` is ``-(z_1 - z_2)``; no name here reads as the confidence
 itself.
@@ -40,7 +44,8 @@ from ._nets import check_module, eval_mode, forward, on_device, resolve_device
 
 __all__ = ["SOFTMAX_SCORES", "DeepFoolResult", "MinimumNormResult", "deepfool", "doctor_alpha",
            "doctor_beta", "energy", "entropy", "input_margin", "minimum_norm",
-           "negative_logit_margin", "negative_max_logit", "one_minus_max_softmax",
+           "negative_logit_margin", "negative_max_logit", "one_minus_confidence",
+           "one_minus_max_softmax",
            "one_minus_softmax_margin", "resistance_error_scores", "softmax_scores"]
 
 
@@ -98,6 +103,40 @@ def one_minus_max_softmax(logits):
     """
     _, total_odds = _odds(_top_and_gaps(logits)[1])
     return total_odds / (1 + total_odds)
+
+
+def one_minus_confidence(confidence):
+    """``1 - p``: the error score of the probability ``p`` a net gives its prediction.
+
+    For when only that probability is at hand: the row maxima of an
+    estimator's ``predict_proba``, or :class:`~resistclf.AttackResult`'s
+    ``conf0``. The subtraction is done in the input's precision, so it rounds
+    to 0 wherever ``p`` rounds to 1 (in float32, above about ``1 - 6e-8``)
+    and confident predictions tie; from logits, :func:`one_minus_max_softmax`
+    keeps them apart.
+
+    Parameters
+    ----------
+    confidence : array-like of shape (n_samples,)
+        Probabilities, in [0, 1].
+
+    Returns
+    -------
+    error_score : ndarray of shape (n_samples,)
+        In [0, 1], of the input's floating dtype (float64 for other input);
+        higher means more likely an error.
+    """
+    confidence = np.asarray(confidence)
+    if not np.issubdtype(confidence.dtype, np.floating):
+        confidence = confidence.astype(np.float64)
+    if confidence.ndim != 1:
+        raise ValueError(f"confidence must be a 1-D array of probabilities; got shape "
+                         f"{confidence.shape}.")
+    outside = np.flatnonzero(~((confidence >= 0) & (confidence <= 1)))
+    if len(outside):
+        raise ValueError(f"confidence must hold probabilities in [0, 1]; sample "
+                         f"{outside[0]} is {float(confidence[outside[0]])!r}.")
+    return 1 - confidence
 
 
 def negative_max_logit(logits):

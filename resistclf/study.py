@@ -29,6 +29,7 @@ from numbers import Integral
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from scipy.stats import spearmanr
 from joblib import effective_n_jobs
 from sklearn.base import clone
@@ -884,7 +885,7 @@ def analyse(measurements, *, groups=None, train=None, folds=5, n_resamples=1000,
         "errors": rate(is_error),
         "flip_rate": {"correct": rate(result.flipped[~is_error], ~is_error),
                       "incorrect": rate(result.flipped[is_error], is_error)},
-        "separation": _separation(scores, result, is_error),
+        "separation": _separation(m.logits, result, is_error),
         "detection": None, "complementarity": None, "tests": None,
         "correction": _correction(m, rate),
         "competitors": _competitor_agreement(m),
@@ -1053,11 +1054,11 @@ def proportion(mask, *, groups=None, n_resamples=1000, random_state=0):
             "count": int(mask.sum()), "of": int(len(mask))}
 
 
-def _separation(scores, result, is_error):
+def _separation(logits, result, is_error):
     """The write-up's form: q10 of each feature among correct, q90 among errors."""
     values = {"Res_N": result.res_n, "Res_max": result.res_max,
               "Res_min": result.res_min.astype(float), "Res_mean": result.res_mean,
-              "max-softmax": 1 - scores["max-softmax"]}
+              "max-softmax": softmax(logits, axis=1).max(axis=1)}
     return {name: {"q10_correct": float(np.quantile(v[~is_error], 0.1))
                    if (~is_error).any() else None,
                    "q90_incorrect": float(np.quantile(v[is_error], 0.9))

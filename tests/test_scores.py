@@ -453,3 +453,28 @@ def test_resistance_error_scores_are_the_negated_features():
     assert scores["res_min"].dtype == np.float64
     with pytest.raises(ValueError, match="features must be a non-empty sequence"):
         resistance_error_scores(result, ["confidence"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_minus_confidence_is_higher_for_less_confident_predictions(dtype):
+    from resistclf.scores import one_minus_confidence
+
+    confidence = np.array([0.99, 0.6, 1.0], dtype=dtype)
+    kept = confidence.copy()
+    score = one_minus_confidence(confidence)
+    assert score.dtype == dtype  # rounded as the input was, no more
+    assert score[1] > score[0] > score[2] == 0
+    np.testing.assert_array_equal(confidence, kept)
+    np.testing.assert_array_equal(one_minus_confidence([1, 0]), [0.0, 1.0])
+
+
+@pytest.mark.parametrize("confidence, match", [
+    (np.array([[0.5, 0.5]]), "confidence must be a 1-D array of probabilities"),
+    (np.array([0.5, 1.5]), r"confidence must hold probabilities in \[0, 1\]; sample 1 is 1.5"),
+    (np.array([np.nan]), "sample 0 is nan"),
+])
+def test_one_minus_confidence_rejects_what_is_not_a_probability(confidence, match):
+    from resistclf.scores import one_minus_confidence
+
+    with pytest.raises(ValueError, match=match):
+        one_minus_confidence(confidence)

@@ -178,10 +178,10 @@ def test_measure_error_scores_point_to_errors(measured):
     np.testing.assert_array_equal(scores["DeepFool distance"], -measured.distances["DeepFool"])
     for name, score in softmax_scores(measured.logits).items():
         np.testing.assert_array_equal(scores[name], score)
-    # Oriented alike: every score ranks the net's errors above its correct predictions.
-    for name in ["Res_N", "Res_mean", "max-softmax", "input-space margin",
-                 "DeepFool distance"]:
-        assert auroc(measured.is_error, scores[name]) > 0.7, name
+    # Oriented alike: every score ranks the net's errors above its correct predictions
+    # (a flipped sign would give 1 - AUROC).
+    for name, score in scores.items():
+        assert auroc(measured.is_error, score) > 0.6, name
 
 
 def test_measurements_subset_and_concatenate_round_trip(measured):

@@ -283,7 +283,8 @@ def attack_every_mode(dataset, root, store, *, max_iter=500, seed=0, verbose=Tru
                 resistance_key(rank)].sum()), 1)
         runs[mode] = {
             "is_error": is_error,
-            **{name: getattr(result, name).astype(float) for name in FEATURE_LABELS},
+            # Each feature as an error score (negated), as every report scores it.
+            **resistance_error_scores(result, tuple(FEATURE_LABELS)),
             "detector": cross_val_predict(make_detector(), result.features, is_error,
                                           cv=folds, method="predict_proba")[:, 1],
             "recovered": is_error & (result.adversarial_class == measured.y),
@@ -300,8 +301,7 @@ def attack_every_mode(dataset, root, store, *, max_iter=500, seed=0, verbose=Tru
 def _conclusions():
     """The study's conclusions: name -> (kind, statistic of one mode's per-image arrays)."""
     def feature_metric(key, feature):
-        # Low resistance means a likely error: the error score is the negated feature.
-        return lambda r: detection_metrics(r["is_error"], -r[feature])[key]
+        return lambda r: detection_metrics(r["is_error"], r[feature])[key]
 
     quantities = {}
     for feature, label in FEATURE_LABELS.items():

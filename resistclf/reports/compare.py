@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 from sklearn.model_selection import train_test_split
 
 from .. import ResistanceAttack, ResultStore
@@ -174,7 +175,7 @@ def _compare(measured, seed, n_resamples):
 def _means(study):
     """Mean resistance and max-softmax of all, correct and incorrect predictions."""
     m = study.measurements
-    result, p_max = m.attacks[0], 1 - study.scores["max-softmax"]
+    result, p_max = m.attacks[0], softmax(m.logits, axis=1).max(axis=1)
     return {group: {"Res_N": float(result.res_n[mask].mean()),
                     "Res_max": float(result.res_max[mask].mean()),
                     "Res_min": float(result.res_min[mask].mean()),

@@ -13,7 +13,7 @@ from .. import ResistanceAttack, ResistanceClassifier
 from ..datasets import load_digits_images
 from ..metrics import detection_metrics, softmax_topk, topk_accuracy
 from ..models import SimpleCNN, make_net
-from ..scores import resistance_error_scores
+from ..scores import one_minus_confidence, resistance_error_scores
 from ._report import write_json
 
 #: Fraction of the training split held out to fit the error detector.
@@ -60,7 +60,7 @@ def run_demo(*, seed=0, max_iter=500, test_size=0.3, verbose=True):
     softmax_ranked = softmax_topk(proba, clf.classes_, 2)
     detector_score = clf.predict_error_proba(X_test)
     scores = {**resistance_error_scores(attacked, ("res_n", "res_max", "res_min")),
-              "detector": detector_score, "max_softmax": 1 - proba.max(axis=1)}
+              "detector": detector_score, "max_softmax": one_minus_confidence(proba.max(axis=1))}
 
     def quantiles(values):
         return [float(q) for q in np.quantile(values, [0.1, 0.5, 0.9])] if len(values) else []

@@ -18,7 +18,7 @@ from .. import AttackResult, ResistanceAttack, ResistanceMonitor, ResultStore
 from ..metrics import MetricDifference, holm, paired_difference, verdict
 from ..models import SimpleCNN, make_net
 from ..plotting import plot_curves
-from ..scores import resistance_error_scores
+from ..scores import one_minus_confidence, resistance_error_scores
 from ..study import markdown_table, p_cell
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence
 from ._report import environment, parallel_backend, phase, settings_markdown, write_report
@@ -136,7 +136,8 @@ def _analyse(arrays, epochs, n_resamples, seed):
         if 0 < is_error.sum() < len(y):
             test = paired_difference(
                 MetricDifference("auroc"), is_error,
-                resistance_error_scores(result, ["res_n"])["res_n"], 1 - result.conf0,
+                resistance_error_scores(result, ["res_n"])["res_n"],
+                one_minus_confidence(result.conf0),
                 n_resamples=n_resamples, random_state=seed)
         per_epoch.append({"epoch": epoch, **values, "res_n_minus_max_softmax": test})
     *earlier, last = per_epoch
