@@ -97,6 +97,18 @@ def build_parser():
     shift.add_argument("--corruptions", nargs="+", metavar="NAME",
                        choices=list(CORRUPTION_NAMES),
                        help="Only these of MNIST-C's corruptions (default: all 15).")
+    shift.add_argument("--competitors", nargs="*", metavar="NAME",
+                       help="The attack-based competitors, names from "
+                            "resistclf.study.COMPETITORS; the flag alone runs none (default: "
+                            "resistclf.study.DEFAULT_COMPETITORS: the input-space margin, "
+                            "DeepFool, and FMN-L2, FMN-Linf and DDN at Foolbox's 100 steps, "
+                            "which take most of the time).")
+    own = shift.add_argument_group(
+        "your own network", "Without --model, shift trains the reference CNN on the data "
+        "set's training images first (20 epochs, about ten minutes on two CPU cores; kept "
+        "in --cache for the next run). With it, your network is studied: it must take "
+        "images of shape (1, 28, 28) with pixels in [0, 1] and score the ten classes.")
+    _add_network_arguments(own, required=False)
     shift.set_defaults(run="resistclf.reports.shift")
 
     study = commands.add_parser(
@@ -154,21 +166,7 @@ def _add_study_arguments(parser, command, limit, limit_help):
 
 def _add_study_command_arguments(parser):
     """The arguments of ``resistclf study``, but --cache and --n-resamples."""
-    net = parser.add_argument_group("the network")
-    net.add_argument("--model", required=True, metavar="MODULE:CALLABLE",
-                     help="The callable that builds the network, as package.module:function "
-                          "(for example torchvision.models:resnet18); imported from the "
-                          "installed packages or the current folder.")
-    net.add_argument("--model-arg", action="append", type=_model_arg, metavar="KEY=VALUE",
-                     help="A keyword argument of the callable, VALUE read as JSON, else as a "
-                          "string (for example num_classes=10); repeat for more.")
-    net.add_argument("--weights", metavar="PATH",
-                     help="A state dict saved with torch.save, or a checkpoint dict holding "
-                          "one under 'state_dict' or 'model'; read with "
-                          "torch.load(weights_only=True), never unpickled. Without it, the "
-                          "network keeps the weights its callable gave it.")
-    net.add_argument("--net-output", choices=["logits", "proba"], default="logits",
-                     help="What the network returns (default: logits).")
+    _add_network_arguments(parser.add_argument_group("the network"), required=True)
     data = parser.add_argument_group("the data")
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", metavar="PATH",
@@ -230,6 +228,24 @@ def _add_study_command_arguments(parser):
                         help="Seeds --limit, the folds and the bootstrap (default: 0).")
     parser.add_argument("--out", help="Output folder of the report (default: results/study).")
     parser.add_argument("--quiet", action="store_true", help="Hide progress.")
+
+
+def _add_network_arguments(net, required):
+    """--model, --model-arg, --weights and --net-output: a user's own network."""
+    net.add_argument("--model", required=required, metavar="MODULE:CALLABLE",
+                     help="The callable that builds the network, as package.module:function "
+                          "(for example torchvision.models:resnet18); imported from the "
+                          "installed packages or the current folder.")
+    net.add_argument("--model-arg", action="append", type=_model_arg, metavar="KEY=VALUE",
+                     help="A keyword argument of the callable, VALUE read as JSON, else as a "
+                          "string (for example num_classes=10); repeat for more.")
+    net.add_argument("--weights", metavar="PATH",
+                     help="A state dict saved with torch.save, or a checkpoint dict holding "
+                          "one under 'state_dict' or 'model'; read with "
+                          "torch.load(weights_only=True), never unpickled. Without it, the "
+                          "network keeps the weights its callable gave it.")
+    net.add_argument("--net-output", choices=["logits", "proba"], default="logits",
+                     help="What the network returns (default: logits).")
 
 
 def _add_cache_argument(parser):

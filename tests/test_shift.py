@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -81,6 +82,40 @@ def test_shift_cli_runs_and_rejects_unknown_corruptions(fake_mnist_root, fake_mn
     assert "invalid choice: 'snow'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="corruptions must be names from"):
         run_shift("mnist", fake_mnist_root, out=tmp_path, corruptions=("snow",))
+
+
+def test_shift_cli_studies_your_own_net_without_training_one(fake_mnist_root, fake_mnist_net,
+                                                            tmp_path, monkeypatch):
+    monkeypatch.setattr("resistclf.reports.shift.reference_net",
+                        lambda *args, **kwargs: pytest.fail("trained the reference CNN"))
+    (weights,) = fake_mnist_net.glob("net-*.pt")
+    main(["shift", "--dataset", "mnist", "--root", str(fake_mnist_root), "--out",
+          str(tmp_path), "--limit", "20", "--max-iter", "5", "--n-resamples", "5",
+          "--corruptions", "stripe", "--competitors", "--model",
+          "resistclf.models:SimpleCNN", "--weights", str(weights), "--quiet"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["net"]["builder"] == "resistclf.models:SimpleCNN"
+    assert saved["net"]["weights_sha256"] and saved["competitors"] == {}
+    assert "Your network (`resistclf.models:SimpleCNN`" in (tmp_path / "report.md").read_text()
+    assert not verify(tmp_path)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--weights", "w.pt"], "--weights and --model-arg need --model"),
+    (["--model", "resistclf.models:MLP", "--model-arg", "n_features=10"],
+     "The network rejects the data: its samples have shape"),
+    (["--model", "resistclf.models:SimpleCNN", "--model-arg", "n_classes=3"],
+     "scores 3 classes; MNIST has 10"),
+    (["--competitors", "FMN"], r"--competitors: unknown \['FMN'\]; the names are"),
+])
+def test_shift_cli_rejects_a_net_or_competitor_it_cannot_use(extra, match, tmp_path, capsys,
+                                                              monkeypatch):
+    monkeypatch.setattr("resistclf.reports.shift.run_shift",
+                        lambda *args, **kwargs: pytest.fail("ran the study"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["shift", "--dataset", "mnist", "--root", str(tmp_path), *extra])
+    assert exit_info.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
 
 
 def test_shift_learns_from_iid_images_only_and_keeps_sources_together(report):

@@ -3,7 +3,8 @@ minimum-norm attacks.
 
 On i.i.d. test images resistance adds nothing to the softmax. FD-Shifts (Jaeger et al., ICLR
 2023) judges failure detection where the softmax is least trustworthy: under corruption and
-new-class shift. The reference CNN is studied by the engine (:mod:`resistclf.study`) on
+new-class shift. The reference CNN, or a network of your own (``--model``), is studied by the
+engine (:mod:`resistclf.study`) on
 
 - i.i.d. test images;
 - the same images under each of MNIST-C's 15 corruptions (:func:`resistclf.datasets.corrupt`,
@@ -15,6 +16,7 @@ Each shifted set is scored mixed with the i.i.d. images, as FD-Shifts scores a t
 holds both; accuracy and the correction claim are measured on the shifted images alone.
 """
 
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from ._reference import DATASETS, NAMES, attack_mode, load_dataset, mode_sentenc
     reference_net
 from ._report import environment, header_markdown, parallel_backend, phase, \
     settings_markdown, write_report
+from .study import check_inputs, load_net
 
 #: The data set each net sees as new-class shift.
 NEW_CLASS = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
@@ -49,11 +52,11 @@ FOLDS = 5
 _phase = partial(phase, "shift")
 
 
-def run_shift(dataset, root, *, out, cache=None, download=False, seed=0, limit=1000,
-              max_iter=500, n_resamples=1000, fast=False, corruptions=CORRUPTIONS,
-              competitors=SHIFT_COMPETITORS, per_image=None, n_jobs=None, scheduler=None,
-              verbose=True):
-    """Study the reference net on i.i.d., corrupted and new-class images; write the report.
+def run_shift(dataset, root, *, out, net=None, net_info=None, net_output="auto",
+              cache=None, download=False, seed=0, limit=1000, max_iter=500, n_resamples=1000,
+              fast=False, corruptions=CORRUPTIONS, competitors=SHIFT_COMPETITORS,
+              per_image=None, n_jobs=None, scheduler=None, verbose=True):
+    """Study a net on i.i.d., corrupted and new-class images; write the report.
 
     Parameters
     ----------
@@ -62,6 +65,17 @@ def run_shift(dataset, root, *, out, cache=None, download=False, seed=0, limit=1
         Folder that holds the torchvision raw files of both MNIST and FashionMNIST.
     out : path
         Output folder of the report.
+    net : torch.nn.Module or None, default=None
+        Your own trained network: it takes the data set's images, shape
+        ``(n, 1, 28, 28)`` with pixels in [0, 1], and returns one output per
+        class. None trains the reference CNN on the data set's training
+        images first (20 epochs: about ten minutes on two CPU cores), or reuses
+        the one ``cache`` holds.
+    net_info : dict or None, default=None
+        What the report says of ``net`` (such as :func:`~resistclf.reports.study.
+        load_net`'s ``info``).
+    net_output : {"auto", "logits", "proba"}, default="auto"
+        What ``net`` returns (see :func:`resistclf.study.measure`).
     cache : path or None, default=None
         The :class:`~resistclf.ResultStore` folder for the trained net and every
         per-image result; None means ``out/cache``.
@@ -102,13 +116,20 @@ def run_shift(dataset, root, *, out, cache=None, download=False, seed=0, limit=1
     if isinstance(corruptions, str) or unknown or not corruptions:
         raise ValueError(f"corruptions must be names from {list(CORRUPTIONS)}; got "
                          f"{corruptions!r}.")
+    unknown = [name for name in competitors if name not in COMPETITORS]
+    if isinstance(competitors, str) or unknown:
+        raise ValueError(f"competitors must be names from {list(COMPETITORS)}; got "
+                         f"{competitors!r}.")
     out = Path(out)
     store = ResultStore(out / "cache" if cache is None else cache)
     timings = {}
-    with _phase("load the data and the reference net", timings, verbose):
+    with _phase("load the data and the net", timings, verbose):
         X_train, y_train, X_test, y_test = load_dataset(dataset, root, download=download)
-        net, net_info = reference_net(X_train, y_train, store=store, seed=seed,
-                                      verbose=verbose)
+        if net is None:
+            net, net_info = reference_net(X_train, y_train, store=store, seed=seed,
+                                          verbose=verbose)
+        else:
+            net_info = {"builder": type(net).__name__, **(net_info or {})}
         rng = np.random.RandomState(seed)
         keep = np.sort(rng.choice(len(X_test), min(limit, len(X_test)), replace=False))
         X, y = X_test[keep], y_test[keep]
@@ -128,7 +149,8 @@ def run_shift(dataset, root, *, out, cache=None, download=False, seed=0, limit=1
     for name, (images, labels) in sets.items():
         with _phase(f"measure: {name}", timings, verbose), parallel_backend(n_jobs, scheduler):
             measured[name] = measure(net, images, labels, attack=attack,
-                                     competitors=competitors, store=store, verbose=verbose)
+                                     competitors=competitors, net_output=net_output,
+                                     store=store, verbose=verbose)
 
     if per_image is not None:
         names = list(measured)
@@ -281,6 +303,17 @@ def _set_summary(mixed, shifted, groups, n_resamples, seed):
     }
 
 
+def _net_sentence(r):
+    net = r["net"]
+    if "builder" in net:
+        weights = (f"weights `{Path(net['weights']).name}` (SHA-256 "
+                   f"{net['weights_sha256'][:12]}…)" if net.get("weights") else
+                   "the weights its builder gave it")
+        return f"Your network (`{net['builder']}`, {weights})"
+    return (f"Reference CNN ({net['architecture']}, {net['optimizer']}, {net['epochs']} "
+            f"epochs, seed {r['seed']}) trained on **{r['n_train']:,} training images**")
+
+
 def _examples_figure(X, y, shifted):
     from ..plotting import plot_image_grid
 
@@ -335,9 +368,7 @@ def _markdown(r, studies):
     lines = [
         header_markdown(
             f"Failure detection under distribution shift, on {NAMES[r['dataset']]}", r,
-            f"Reference CNN ({r['net']['architecture']}, {r['net']['optimizer']}, "
-            f"{r['net']['epochs']} epochs, seed {r['seed']}) trained on **{r['n_train']:,} "
-            f"training images**. **{r['n_images']:,} test images** drawn at random (seed "
+            f"{_net_sentence(r)}. **{r['n_images']:,} test images** drawn at random (seed "
             f"{r['seed']}); each of MNIST-C's corruptions applied to the same images "
             "(`resistclf.datasets.corrupt`, made locally, seed "
             f"{r['seed']}); as many {NAMES[r['new_class_dataset']]} test images for "
@@ -444,9 +475,32 @@ def _markdown(r, studies):
 def main(args):
     """Entry point of ``resistclf shift``."""
     out = args.out or f"results/shift-{args.dataset}"
-    run_shift(args.dataset, args.root, out=out, cache=args.cache, download=args.download,
+    net = net_info = None
+    try:
+        if args.model is not None:
+            net, net_info = load_net(args.model, dict(args.model_arg or []), args.weights)
+            # Before any work: does it take a 28x28 grey image and score the ten classes?
+            n_classes = check_inputs(net, np.zeros((1, 1, 28, 28), np.float32),
+                                     np.array([0]), ResistanceAttack())
+            if n_classes != 10:
+                raise ValueError(f"--model {args.model} scores {n_classes} classes; "
+                                 f"{NAMES[args.dataset]} has 10.")
+        elif args.weights is not None or args.model_arg:
+            raise ValueError("--weights and --model-arg need --model: the callable that "
+                             "builds your network.")
+        unknown = [name for name in args.competitors or () if name not in COMPETITORS]
+        if unknown:
+            raise ValueError(f"--competitors: unknown {unknown}; the names are "
+                             f"{list(COMPETITORS)}.")
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"resistclf shift: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    run_shift(args.dataset, args.root, out=out, net=net, net_info=net_info,
+              net_output="auto" if net is None else args.net_output, cache=args.cache,
+              download=args.download,
               seed=args.seed, limit=args.limit, max_iter=args.max_iter,
               n_resamples=args.n_resamples, fast=args.fast,
-              corruptions=args.corruptions or CORRUPTIONS, per_image=args.per_image,
-              n_jobs=args.n_jobs,
-              scheduler=args.scheduler, verbose=not args.quiet)
+              corruptions=args.corruptions or CORRUPTIONS,
+              competitors=SHIFT_COMPETITORS if args.competitors is None else args.competitors,
+              per_image=args.per_image, n_jobs=args.n_jobs, scheduler=args.scheduler,
+              verbose=not args.quiet)
