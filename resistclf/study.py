@@ -35,6 +35,7 @@ from joblib import effective_n_jobs
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from ._attack import ALL_FEATURE_NAMES, AttackResult, ResistanceAttack
 from ._cache import ResultStore, settings_key, as_rows
@@ -529,20 +530,16 @@ def measure(net, X, y=None, *, attack=None, ranks=1, competitors=DEFAULT_COMPETI
     X = _as_array(X)
     store = store if isinstance(store, ResultStore) else ResultStore(store)
     module = attack.preprocessed(logit_module(net, net_output), X.shape[1:])
+    # The study shows one progress bar (below): the attack shows none of its own. ``module``
+    # applies the preprocessing already: the attack on it must not apply it again.
+    on_module = ResistanceAttack(**{**attack.get_params(), "preprocessing": None,
+                                    "verbose": False})
     attack = ResistanceAttack(**{**attack.get_params(), "verbose": verbose})
-    # ``module`` applies the preprocessing already: the attack on it must not apply it again.
-    on_module = ResistanceAttack(**{**attack.get_params(), "preprocessing": None})
-
-    def announce(text):
-        if verbose:
-            print(f"[study] {text}", file=sys.stderr)
-
     device = resolve_device(attack.device, module)
     # One sample first: the data's shape, the device and the labels are checked before any
     # heavy work.
     classes = net_classes(net, _logits(module, np.asarray(X[:1], np.float32), 1, device).shape[1])
     y_idx = label_indices(y, classes, len(X))
-    announce(f"logits of {len(X)} samples")
     digests = store.digests(X)  # read X once for every table below
     columns = store.rows("logits", (module, batch_size), X,
                          lambda rows: {"logits": _logits(module, rows[:], batch_size, device)},
@@ -550,25 +547,28 @@ def measure(net, X, y=None, *, attack=None, ranks=1, competitors=DEFAULT_COMPETI
     logits = columns["logits"].astype(np.float64)
     forward_, backward_ = {"softmax": np.ones(len(X))}, {"softmax": np.zeros(len(X))}
     seconds = {"softmax": columns["seconds"]}
+    passes = {**{resistance_key(rank): attack.max_iter + 1 for rank in range(ranks)},
+              **{name: _competitor_passes(name, len(classes)) for name in competitors}}
+    progress = _Progress(len(X), passes, verbose)
 
     attacks = []
     for rank in range(ranks):
-        announce(f"resistance attack, rank {rank}")
-        columns = store.rows(
-            f"resistance-rank{rank}", (module, settings_key(attack), rank), X,
-            lambda rows, rank=rank: _attack_columns(on_module, module, rows, rank),
-            chunk_size=_attack_chunk_size(attack), digests=digests)
-        attacks.append(AttackResult(**{name: columns[name] for name in _ATTACK_FIELDS}))
-        passes = np.full(len(X), attack.max_iter, dtype=float)
         key = resistance_key(rank)
-        forward_[key], backward_[key], seconds[key] = passes + 1, passes, columns["seconds"]
+        columns = progress.rows(key, store, f"resistance-rank{rank}",
+                                (module, settings_key(attack), rank), X,
+                                lambda rows, rank=rank: _attack_columns(on_module, module, rows,
+                                                                        rank),
+                                chunk_size=_attack_chunk_size(attack), digests=digests)
+        attacks.append(AttackResult(**{name: columns[name] for name in _ATTACK_FIELDS}))
+        steps = np.full(len(X), attack.max_iter, dtype=float)
+        forward_[key], backward_[key], seconds[key] = steps + 1, steps, columns["seconds"]
 
     distances, landing = {}, {}
     for name in competitors:
-        announce(f"competitor: {name}")
         function, params = COMPETITORS[name]
-        columns = store.rows(
-            f"competitor-{name}", (module, function, params, attack.clip, batch_size), X,
+        columns = progress.rows(
+            name, store, f"competitor-{name}",
+            (module, function, params, attack.clip, batch_size), X,
             lambda rows, function=function, params=params: _competitor_columns(
                 function, params, module, rows[:], attack, batch_size, len(classes)),
             digests=digests)
@@ -577,9 +577,57 @@ def measure(net, X, y=None, *, attack=None, ranks=1, competitors=DEFAULT_COMPETI
             landing[name] = columns["adversarial_class"]
         forward_[name], backward_[name] = columns["forward"], columns["backward"]
         seconds[name] = columns["seconds"]
+    progress.close()
     return Measurements(classes=classes, y=y_idx, logits=logits, attacks=tuple(attacks),
                         distances=distances, landing=landing, forward=forward_,
                         backward=backward_, seconds=seconds, attack=attack)
+
+
+def _competitor_passes(name, n_classes):
+    """About how many forward and backward passes a competitor takes per image: its step
+    budget (the input-space margin: one forward pass and a backward pass per other class;
+    DeepFool mostly stops within a few of its 50 steps)."""
+    function, params = COMPETITORS[name]
+    if function == "input_margin":
+        return n_classes
+    if function == "deepfool":
+        return 10
+    return params.get("steps", 100)
+
+
+class _Progress:
+    """One progress bar for all of :func:`measure`'s work, weighted by the passes through
+    the net each image takes; rows found in the store leave the bar's total."""
+
+    def __init__(self, n_samples, passes, verbose):
+        self.n_samples, self.passes = n_samples, passes
+        self.bar = tqdm(total=n_samples * sum(passes.values()), disable=not verbose,
+                        desc=f"measure {n_samples} samples, logits",
+                        file=sys.stderr, unit="pass", unit_scale=True, dynamic_ncols=True,
+                        bar_format="{desc}{percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+
+    def rows(self, key, store, name, settings, X, compute, **kwargs):
+        """``store.rows(name, settings, X, compute)``, counted on the bar."""
+        self.bar.set_description(f"measure {self.n_samples} samples, {key}")
+        computed = 0
+
+        def counted(rows):
+            nonlocal computed
+            values = compute(rows)
+            computed += len(rows)
+            self.bar.update(self.passes[key] * len(rows))
+            return values
+
+        columns = store.rows(name, settings, X, counted, **kwargs)
+        self.bar.total -= self.passes[key] * (self.n_samples - computed)
+        self.bar.refresh()
+        return columns
+
+    def close(self):
+        if self.bar.total == 0:  # every row was in the store
+            self.bar.set_description(f"measure {self.n_samples} samples, all from the store")
+            self.bar.total = self.bar.n = 1
+        self.bar.close()
 
 
 def _attack_chunk_size(attack):

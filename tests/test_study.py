@@ -1,6 +1,7 @@
 """The study engine (resistclf.study) and the store behind it (ResultStore)."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -469,3 +470,16 @@ def test_measurements_per_image_csv_holds_raw_values_that_recompute_the_auroc(me
     np.testing.assert_array_equal(np.array(column["source"], dtype=int), sources)
     truth = [str(measured.classes[i]) for i in measured.y]
     assert column["label"] == truth
+
+
+def test_measure_shows_one_progress_bar_for_all_its_work(trained_cnn, digits, tmp_path, capsys):
+    X, y = digits[0][:12], digits[1][:12]
+    run = partial(measure, trained_cnn, X, y, attack=ResistanceAttack(max_iter=5),
+                  competitors=("input-space margin",), store=tmp_path, verbose=True)
+    run()
+    states = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+              if line.strip()]
+    assert states and all(line.startswith("measure 12 samples, ") for line in states), states
+    assert "100%" in states[-1] and "input-space margin" in states[-1]
+    run()  # every row is in the store now
+    assert "all from the store: 100%" in capsys.readouterr().err
