@@ -42,8 +42,8 @@ from ._cache import ResultStore, settings_key, as_rows
 from ._estimator import detect_then_correct, make_detector, topk_indices
 from ._nets import check_net, eval_mode, forward, logit_module, module_dtype, net_classes, \
     on_device, resolve_device
-from .metrics import DetectionMetric, MetricDifference, bootstrap_interval, \
-    equivalence_test, holm_family, mcnemar_test, paired_difference
+from .metrics import DetectionMetric, Mean, MeanDifference, MetricDifference, \
+    bootstrap_interval, equivalence_test, holm_family, mcnemar_test, paired_difference
 from .scores import (
     SOFTMAX_SCORES,
     deepfool,
@@ -1097,7 +1097,7 @@ def proportion(mask, *, groups=None, n_resamples=1000, random_state=0):
     if not len(mask):
         return {"value": None, "ci": None, "count": 0, "of": 0}
     return {"value": float(np.mean(mask)),
-            "ci": bootstrap_interval(np.mean, mask, groups=groups, n_resamples=n_resamples,
+            "ci": bootstrap_interval(Mean(), mask, groups=groups, n_resamples=n_resamples,
                                      random_state=seed),
             "count": int(mask.sum()), "of": int(len(mask))}
 
@@ -1242,7 +1242,7 @@ def _paired_rate_tests(m, r, boot):
     def add(name, a_right, b_right, rows, metric, with_, without):
         if not len(rows):
             return
-        test = paired_difference(lambda a, b: np.mean(a) - np.mean(b), a_right, b_right,
+        test = paired_difference(MeanDifference(), a_right, b_right,
                                  **{**boot, "groups": None if groups is None else groups[rows]})
         if groups is None:
             test["mcnemar"] = mcnemar_test(a_right, b_right)

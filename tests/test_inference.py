@@ -6,6 +6,8 @@ import scipy.stats
 
 from resistclf.metrics import (
     DetectionMetric,
+    Mean,
+    MeanDifference,
     MetricDifference,
     auroc,
     bootstrap_distribution,
@@ -200,3 +202,20 @@ def test_detection_metric_gives_the_metrics_asked_for_on_every_resample():
     np.testing.assert_array_equal(chosen["tpr_at_5_fpr"], every["tpr_at_5_fpr"])
     np.testing.assert_allclose(chosen["aurc"], every["aurc"], rtol=1e-12)
 
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_mean_statistics_equal_np_mean_on_every_resample(grouped):
+    rng = np.random.RandomState(4)
+    a, b = rng.rand(90) < 0.6, rng.rand(90) < 0.4
+    boot = {"groups": rng.randint(0, 30, 90) if grouped else None, "n_resamples": 50}
+    by_hand = bootstrap_distribution(lambda x: np.mean(x), a, **boot)
+    np.testing.assert_array_equal(bootstrap_distribution(Mean(), a, **boot), by_hand)
+    paired = bootstrap_distribution(lambda x, y: np.mean(x) - np.mean(y), a, b, **boot)
+    np.testing.assert_array_equal(bootstrap_distribution(MeanDifference(), a, b, **boot),
+                                  paired)
+    scores = rng.rand(90)
+    np.testing.assert_allclose(bootstrap_distribution(Mean(), scores, **boot),
+                               bootstrap_distribution(lambda x: np.mean(x), scores, **boot),
+                               rtol=1e-13)
+    assert Mean()(a) == np.mean(a) and MeanDifference()(a, b) == np.mean(a) - np.mean(b)

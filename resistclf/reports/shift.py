@@ -25,7 +25,7 @@ from joblib import Parallel, delayed
 
 from .. import ResistanceAttack, ResultStore
 from ..datasets import CORRUPTIONS, corrupt
-from ..metrics import holm_family, paired_difference
+from ..metrics import MeanDifference, holm_family, paired_difference
 from ..study import COMPETITORS, DEFAULT_COMPETITORS, PRIMARY_QUESTION, Measurements, analyse, \
     complementarity_table, cost_cell, count_cell, detection_table, distance_name, \
     markdown_table, measure, metric_cell, p_cell, percent_cell, proportion, tests_markdown, \
@@ -291,7 +291,7 @@ def _set_summary(mixed, shifted, groups, n_resamples, seed):
                      for name, landing in shifted.landing.items()}}
     if len(errors):
         correction["adversarial_against_second_choice"] = paired_difference(
-            lambda a, b: np.mean(a) - np.mean(b), adversarial, second == truth,
+            MeanDifference(), adversarial, second == truth,
             **{**boot, "groups": None if groups is None else groups[errors]})
     return {
         "accuracy": rate(~shifted.is_error, np.arange(len(shifted))),
