@@ -20,6 +20,9 @@ import numpy as np
 
 from .._cache import jsonable, atomic_write
 
+#: Cross-validation folds of every report's learned detectors and detect-then-correct.
+FOLDS = 5
+
 
 def environment():
     """Package versions and the machine, for the record."""

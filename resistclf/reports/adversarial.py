@@ -25,8 +25,8 @@ from ..plotting import plot_boxplots, plot_image_grid, plot_roc_curves
 from ..study import Measurements, markdown_table, measure, p_cell, score_metrics, \
     with_interval
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
-from ._report import call_repr, environment, header_markdown, parallel_backend, phase, \
-    settings_markdown, write_report
+from ._report import FOLDS, call_repr, environment, header_markdown, parallel_backend, \
+    phase, settings_markdown, write_report
 
 #: The attacks crafted: name -> (torchattacks class, its parameters, options).
 #: FGSM and PGD-Linf at the customary MNIST budgets; PGD takes 40 steps of 2.5 * eps / 40
@@ -44,7 +44,6 @@ ATTACKS = {
         {"target": "runner-up", "min_confidence": 0.9}),
 }
 ADAPTIVE, NON_ADAPTIVE = "high-confidence PGD eps=0.3", "PGD eps=0.3"
-FOLDS = 5
 DETECTORS = ["Res_N", "Res_max", "Res_min (Attack as Defense)", "LR(resistance), out-of-fold",
              "max-softmax (baseline)", "max-softmax reversed (baseline)",
              "LR(max-softmax), out-of-fold (baseline)"]

@@ -24,7 +24,7 @@ from ..models import SimpleCNN
 from ..scores import resistance_error_scores, softmax_scores
 from ..study import markdown_table, measure, resistance_key
 from ._reference import ATTACK_MODES, load_dataset, reference_net
-from ._report import environment, write_json, write_text
+from ._report import FOLDS, environment, write_json, write_text
 
 PRECISIONS = ("float32", "bfloat16")
 #: Memory formats timed: the default, and ``channels_last=True``.
@@ -226,7 +226,6 @@ def peer_throughput(factory, module, X, batch_size, steps):
 
 # -------------------------------------------------------- fast modes, judged by conclusions
 
-FOLDS = 5
 #: The equivalence margins of each kind of conclusion, declared before the runs they judge:
 #: a fast mode is equivalent to exact mode when, for every conclusion, the whole 90% paired
 #: bootstrap interval of (fast - exact) lies inside its margin (two one-sided tests). AUROC

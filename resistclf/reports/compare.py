@@ -21,7 +21,7 @@ from ..plotting import RiskCoverageDisplay, distinct_line_styles, plot_boxplots
 from ..study import SHOWN, Measurements, analyse, complementarity_table, count_cell, \
     detection_table, markdown_table, measure, metric_cell, p_cell, percent_cell, tests_markdown
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
-from ._report import environment, header_markdown, parallel_backend, phase, \
+from ._report import FOLDS, environment, header_markdown, parallel_backend, phase, \
     settings_markdown, write_report
 
 #: The networks: name -> (module, fraction of the training images).
@@ -36,7 +36,6 @@ BOXES = ["Res_N", "Res_max", "Res_min (steps)", "Res_mean", "1 - max-softmax (ba
 OVERVIEW = ["Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", "max-softmax",
             "input-space margin", "DeepFool distance", "FMN-L2 distance", "FMN-Linf distance",
             "DDN distance", "LR(softmax + resistance)"]
-FOLDS = 5
 #: The report's one primary question, fixed before the run. The claim "on every net" is
 #: an intersection-union test: it holds at 5% when each net's own test rejects at 5%, and
 #: needs no multiplicity adjustment.

@@ -13,7 +13,7 @@ import numpy as np
 from .. import ResistanceAttack, ResultStore
 from ..study import analyse, markdown_table, measure, metric_cell, percent_cell
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
-from ._report import header_markdown, parallel_backend, phase, settings_markdown, \
+from ._report import FOLDS, header_markdown, parallel_backend, phase, settings_markdown, \
     recompute_study, study_results, traces_figure, write_report
 
 #: The write-up's own figures (its networks, trained on the full training sets).
@@ -22,7 +22,6 @@ WRITEUP = {
               "corrected": 53, "top2_error": 0.0009},
     "fashion-mnist": {"errors": 876, "corrected": 613, "top2_error": 0.026},
 }
-FOLDS = 5
 
 _phase = partial(phase, "reproduce")
 

@@ -32,7 +32,7 @@ from ..study import COMPETITORS, DEFAULT_COMPETITORS, PRIMARY_QUESTION, Measurem
     verdict_markdown
 from ._reference import DATASETS, NAMES, attack_mode, load_dataset, mode_sentence, \
     reference_net
-from ._report import environment, header_markdown, parallel_backend, phase, \
+from ._report import FOLDS, environment, header_markdown, parallel_backend, phase, \
     settings_markdown, write_report
 from .study import check_inputs, load_net
 
@@ -47,7 +47,6 @@ KEY_SCORES = ["max-softmax", "Res_N", "Res_mean", "LR(resistance)", "DeepFool di
               "FMN-L2 distance", "FMN-Linf distance", "DDN distance",
               "FMN-L2, 500 steps distance", "DDN, 500 steps distance",
               "LR(softmax + resistance)"]
-FOLDS = 5
 
 _phase = partial(phase, "shift")
 

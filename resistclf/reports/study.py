@@ -27,6 +27,7 @@ from .. import ResistanceAttack, ResultStore
 from ..study import COMPETITORS, DEFAULT_COMPETITORS, analyse, label_indices, measure
 from ._reference import ATTACK_MODES, FAST_MODES
 from ._report import (
+    FOLDS,
     header_markdown,
     parallel_backend,
     phase,
@@ -52,7 +53,6 @@ DATASETS = {
 IN_MEMORY = {"MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "SVHN"}
 #: Attack ranks per ``--topk``: the top-2 list needs the attack at rank 0, top-5 at ranks 0-2.
 TOPK_RANKS = {1: 1, 2: 1, 5: 3}
-FOLDS = 5
 
 _phase = partial(phase, "study")
 
