@@ -34,7 +34,7 @@ from ._reference import DATASETS, NAMES, attack_mode, load_dataset, mode_sentenc
     reference_net
 from ._report import FOLDS, environment, header_markdown, parallel_backend, phase, \
     settings_markdown, write_report
-from .study import check_inputs, load_net
+from .study import check_competitors, check_inputs, load_net
 
 #: The data set each net sees as new-class shift.
 NEW_CLASS = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
@@ -487,10 +487,7 @@ def main(args):
         elif args.weights is not None or args.model_arg:
             raise ValueError("--weights and --model-arg need --model: the callable that "
                              "builds your network.")
-        unknown = [name for name in args.competitors or () if name not in COMPETITORS]
-        if unknown:
-            raise ValueError(f"--competitors: unknown {unknown}; the names are "
-                             f"{list(COMPETITORS)}.")
+        check_competitors(args.competitors or ())
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"resistclf shift: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

@@ -638,6 +638,14 @@ def _mode_sentence(mode, fast):
             "to check that the conclusions hold here")
 
 
+def check_competitors(names):
+    """The command line's ``--competitors``, checked before any work."""
+    unknown = [name for name in names if name not in COMPETITORS]
+    if unknown:
+        raise ValueError(f"--competitors: unknown {unknown}; the names are "
+                         f"{list(COMPETITORS)}.")
+
+
 def main(args):
     """Entry point of ``resistclf study``."""
     out = Path(args.out or "results/study")
@@ -659,10 +667,7 @@ def main(args):
                                         limit=args.limit, seed=args.seed)
             n_classes = check_inputs(module, X, y, attack)
             competitors = DEFAULT_COMPETITORS if args.competitors is None else args.competitors
-            unknown = [name for name in competitors if name not in COMPETITORS]
-            if unknown:
-                raise ValueError(f"--competitors: unknown {unknown}; the names are "
-                                 f"{list(COMPETITORS)}.")
+            check_competitors(competitors)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"resistclf study: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
