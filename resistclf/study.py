@@ -602,7 +602,7 @@ class _Progress:
     def __init__(self, n_samples, passes, verbose):
         self.n_samples, self.passes = n_samples, passes
         self.bar = tqdm(total=n_samples * sum(passes.values()), disable=not verbose,
-                        desc=f"measure {n_samples} samples, logits",
+                        desc=f"measure {n_samples} samples, logits: ",  # as set_description
                         file=sys.stderr, unit="pass", unit_scale=True, dynamic_ncols=True,
                         bar_format="{desc}{percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
 
