@@ -5,10 +5,10 @@ matplotlib is imported only when something is drawn, as scikit-learn does.
 """
 
 import numpy as np
-from sklearn.metrics import RocCurveDisplay
+from sklearn.metrics import roc_curve
 
 from .metrics import aurc as _aurc
-from .metrics import risk_coverage_curve
+from .metrics import auroc, risk_coverage_curve
 from .scores import one_minus_confidence
 
 
@@ -143,8 +143,28 @@ def plot_histograms(values, is_error, names, *, log_panels=()):
     return fig
 
 
+def legend_outside(ax, **kwargs):
+    """Put ``ax``'s legend to the right of the axes, where it covers no curve.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    **kwargs : dict
+        Keyword arguments for ``ax.legend``.
+
+    Returns
+    -------
+    legend : matplotlib Legend
+    """
+    return ax.legend(**{"loc": "upper left", "bbox_to_anchor": (1.02, 1), "borderaxespad": 0,
+                        "fontsize": 8, **kwargs})
+
+
 def plot_roc_curves(is_error, scores, *, ax=None, title="Detecting the net's errors"):
     """ROC curves of detectors (errors, or adversarial examples, are the positive class).
+
+    Each curve's legend gives its AUROC to three decimals, as the reports' tables do; the
+    legend sits outside the axes.
 
     Parameters
     ----------
@@ -161,13 +181,18 @@ def plot_roc_curves(is_error, scores, *, ax=None, title="Detecting the net's err
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 5)) if ax is None else (ax.figure, ax)
+    is_error = np.asarray(is_error, dtype=bool)
+    fig, ax = plt.subplots(figsize=(10, 5)) if ax is None else (ax.figure, ax)
     distinct_line_styles(ax, len(scores))
     for name, score in scores.items():
-        last = name == list(scores)[-1]
-        RocCurveDisplay.from_predictions(is_error, score, name=name, ax=ax,
-                                         plot_chance_level=last)
-    ax.set_title(title)
+        fpr, tpr, _ = roc_curve(is_error, score)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {auroc(is_error, score):.3f})")
+    ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1,
+            label="chance (AUROC 0.500)")
+    ax.set(xlabel="False positive rate (negatives flagged)",
+           ylabel="True positive rate (positives caught)", xlim=(0, 1), ylim=(0, 1.01),
+           title=title, aspect="equal")
+    legend_outside(ax)
     fig.tight_layout()
     return fig
 
@@ -182,7 +207,10 @@ def plot_image_grid(images, titles, columns=8):
     import matplotlib.pyplot as plt
 
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 2.1 * rows), squeeze=False)
+    # Room above each image for its title's lines.
+    lines = max((str(title).count("\n") + 1 for title in titles), default=1)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, (1.75 + 0.2 * lines) * rows),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
@@ -278,7 +306,8 @@ class RiskCoverageDisplay:
     selective_risk : ndarray of shape (n_thresholds,)
         Fraction of errors among the accepted samples.
     aurc : float or None, default=None
-        Area under the curve, shown in the legend; None shows no area.
+        Area under the curve, shown in the legend ×1000, as the reports' tables show
+        it; None shows no area.
     name : str or None, default=None
         Name of the score, for the legend.
 
@@ -348,7 +377,8 @@ class RiskCoverageDisplay:
         name = self.name if name is None else name
         if ax is None:
             _, ax = plt.subplots()
-        area = None if self.aurc is None else f"AURC = {self.aurc:.4f}"
+        # In the tables' unit, so that a legend and its table read alike.
+        area = None if self.aurc is None else f"AURC ×1000 = {1000 * self.aurc:.1f}"
         label = f"{name} ({area})" if name and area else name or area
         self.line_ = ax.plot(self.coverage, self.selective_risk, label=label or None,
                              **kwargs)[0]

@@ -104,10 +104,8 @@ PRIMARY_QUESTION = ("Does resistance add to the softmax in detecting the net's e
 #: The margins of the equivalence tests (TOST), declared before the runs they judge: a
 #: difference in AUROC within ±0.005 changes no ranking of detectors a reader would act on.
 EQUIVALENCE_MARGIN = {"auroc": 0.005}
-#: The scores drawn in the ROC and risk-coverage figures, where present.
-SHOWN = ["Res_N", "Res_max", "Res_min", "Res_mean", "LR(resistance)", "max-softmax",
-         "input-space margin", "DeepFool distance", "FMN-L2 distance", "DDN distance",
-         "LR(softmax + resistance)"]
+#: How many of the net's errors the errors figure shows (the figure says how many there are).
+ERRORS_SHOWN = 40
 #: The panels of the histograms figure, every one on a log axis.
 HISTOGRAMS = ["Res_N", "Res_max", "Res_min (steps)", "Res_mean", "1 - max-softmax (baseline)"]
 
@@ -803,7 +801,26 @@ class StudyResult:
         """
         return _markdown(self.results, self.groups, "#" * level)
 
-    def figures(self, X=None):
+    def shown_scores(self):
+        """The scores the ROC and risk-coverage figures draw: of each family, the one with the
+        highest AUROC, and every learned detector (the tables hold them all).
+
+        Returns
+        -------
+        names : list of str
+            Empty where no detection metric was computed.
+        """
+        detection = self.results["detection"] or {}
+        shown = []
+        for family, names in self.groups.items():
+            present = [name for name in names if name in detection]
+            if family.startswith("learned"):
+                shown += present
+            elif present:
+                shown.append(max(present, key=lambda name: detection[name]["auroc"]["value"]))
+        return shown
+
+    def figures(self, X=None, class_names=None):
         """The report's figures.
 
         Parameters
@@ -811,29 +828,34 @@ class StudyResult:
         X : array-like of shape (n_samples, ..., H, W) or None, default=None
             The images measured (only the misclassified ones are read); with
             them, a grid of misclassified images.
+        class_names : sequence of str or None, default=None
+            The name of each class, indexed by the class labels; None shows the
+            labels themselves.
 
         Returns
         -------
         figures : dict of str to matplotlib Figure
-            ``risk_coverage``, ``roc`` and ``histograms`` where the samples hold
-            errors and correct predictions, and ``errors`` with ``X``.
+            ``risk_coverage`` and ``roc`` (the scores of :meth:`shown_scores`) and
+            ``histograms`` where the samples hold errors and correct predictions, and
+            ``errors`` with ``X``.
         """
-        from .plotting import RiskCoverageDisplay, distinct_line_styles, plot_histograms, \
-            plot_image_grid, plot_roc_curves
+        from .plotting import RiskCoverageDisplay, distinct_line_styles, legend_outside, \
+            plot_histograms, plot_image_grid, plot_roc_curves
 
         m, figures = self.measurements, {}
         is_error = m.is_error
-        shown = [name for name in SHOWN if name in self.scores]
+        shown = self.shown_scores()
         if 0 < is_error.sum() < len(m):
             import matplotlib.pyplot as plt
 
-            fig, ax = plt.subplots(figsize=(7, 5))
+            fig, ax = plt.subplots(figsize=(10, 5))
             distinct_line_styles(ax, len(shown))
             for name in shown:
                 RiskCoverageDisplay.from_predictions(is_error, self.scores[name], name=name,
                                                      ax=ax)
-            ax.set_title("Risk against coverage")
-            ax.legend(fontsize=7)
+            ax.set_title("Risk against coverage: the best score of each family, and the "
+                         "learned detectors", fontsize=10)
+            legend_outside(ax)
             fig.tight_layout()
             figures["risk_coverage"] = fig
             # scikit-learn's ROC curve needs finite scores; moving infinities past the finite
@@ -847,14 +869,27 @@ class StudyResult:
                 [result.res_n, result.res_max, result.res_min.astype(float), result.res_mean,
                  self.scores["max-softmax"]], is_error, HISTOGRAMS, log_panels=HISTOGRAMS)
         if X is not None and is_error.any():
-            errors = np.flatnonzero(is_error)[:40]
+            all_errors = np.flatnonzero(is_error)
+            errors = all_errors[:ERRORS_SHOWN]
             second = np.argsort(-m.logits, axis=1, kind="stable")[:, 1]
-            label = lambda i: "none" if m.y[i] < 0 else m.classes[m.y[i]]  # noqa: E731
+
+            def name(label):
+                return label if class_names is None else class_names[label]
+
+            def true(i):
+                return "none" if m.y[i] < 0 else name(m.classes[m.y[i]])
+
             figures["errors"] = plot_image_grid(
                 np.asarray(X[errors]),
-                [f"true {label(i)} pred {m.classes[m.prediction[i]]}\nadv "
-                 f"{m.classes[m.attacks[0].adversarial_class[i]]} 2nd {m.classes[second[i]]}"
-                 for i in errors])
+                [f"true {true(i)}\npred {name(m.classes[m.prediction[i]])}\nadv "
+                 f"{name(m.classes[m.attacks[0].adversarial_class[i]])}, 2nd "
+                 f"{name(m.classes[second[i]])}" for i in errors])
+            shown_count = ("every one" if len(errors) == len(all_errors)
+                           else f"the first {len(errors)}")
+            figures["errors"].suptitle(
+                f"The net's errors: {shown_count} of {len(all_errors)} (true label, "
+                "prediction, the attack's class, the softmax second choice)", fontsize=10)
+            figures["errors"].tight_layout()
         return figures
 
 

@@ -104,3 +104,9 @@ def test_reproduce_fast_without_an_equivalent_mode_runs_exact_and_says_so(monkey
     sentence = _reference.mode_sentence(mode, "fashion-mnist", True)
     assert "`--fast` was given, but no fast mode reached" in sentence
     assert "--fast" not in _reference.mode_sentence(mode, "fashion-mnist", False)
+
+
+def test_reproduce_class_names_are_torchvisions():
+    from torchvision.datasets import FashionMNIST
+
+    assert _reference.CLASS_NAMES["fashion-mnist"] == FashionMNIST.classes

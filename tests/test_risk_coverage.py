@@ -324,9 +324,10 @@ def test_risk_coverage_display_from_predictions_draws_the_curve(ax):
     assert display.line_.get_color() == "red"
     area = aurc(is_error, error_score)
     assert display.aurc == area
-    assert display.line_.get_label() == f"Res_min (AURC = {area:.4f})"
+    # In the tables' unit: AURC ×1000, one decimal.
+    assert display.line_.get_label() == f"Res_min (AURC ×1000 = {1000 * area:.1f})"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        f"Res_min (AURC = {area:.4f})", "optimal"]
+        f"Res_min (AURC ×1000 = {1000 * area:.1f})", "optimal"]
     # The optimal curve: no error accepted until every correct prediction is.
     x, y = display.optimal_.get_xdata(), display.optimal_.get_ydata()
     rate = is_error.mean()
@@ -354,7 +355,7 @@ def test_risk_coverage_display_from_estimator_uses_max_softmax(ax, digits):
                                             1 - clf.predict_proba(X_test).max(axis=1))
     np.testing.assert_array_equal(display.line_.get_xdata(), coverage)
     np.testing.assert_array_equal(display.line_.get_ydata(), risk)
-    assert display.line_.get_label().startswith("LogisticRegression (AURC = ")
+    assert display.line_.get_label().startswith("LogisticRegression (AURC ×1000 = ")
 
 
 class _Detector:
@@ -405,11 +406,14 @@ def test_plot_roc_curves_gives_every_curve_its_own_look():
     scores = {f"score {i}": rng.random(60) for i in range(12)}
     fig = plot_roc_curves(is_error, scores)
     curves = [line for line in fig.axes[0].get_lines() if line.get_label() in
-              {f"{name} (AUC = {roc_auc_score(is_error, score):.2f})"
+              {f"{name} (AUROC {roc_auc_score(is_error, score):.3f})"
                for name, score in scores.items()}]
     looks = {(matplotlib.colors.to_hex(line.get_color()), line.get_linestyle())
              for line in curves}
     assert len(curves) == len(looks) == 12
+    ax = fig.axes[0]
+    assert "Positive label" not in ax.get_xlabel() + ax.get_ylabel()
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1
     plt.close(fig)
 
 

@@ -3,6 +3,7 @@
 import json
 from functools import partial
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,8 @@ from resistclf import AttackCache, ResistanceAttack, ResistanceClassifier, Resul
     make_detector
 from resistclf.metrics import auroc, detection_metrics
 from resistclf.scores import SOFTMAX_SCORES, input_margin, softmax_scores
-from resistclf.study import COMPETITORS, Measurements, analyse, measure, run_study
+from resistclf.study import COMPETITORS, ERRORS_SHOWN, Measurements, analyse, measure, \
+    run_study
 
 ATTACK = ResistanceAttack(max_iter=30, batch_size=32)
 CHEAP = ("input-space margin", "DeepFool")
@@ -318,6 +320,47 @@ def test_study_result_writes_markdown_and_figures(study, sample):
         assert phrase in markdown, phrase
     figures = study.figures(X)
     assert set(figures) == {"risk_coverage", "roc", "histograms", "errors"}
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def test_study_result_figures_show_the_best_of_each_family_and_the_learned_detectors(study):
+    detection = study.results["detection"]
+    shown = study.shown_scores()
+    learned = next(names for family, names in study.groups.items()
+                   if family.startswith("learned"))
+    assert set(learned) <= set(shown)
+    for family, names in study.groups.items():
+        if not family.startswith("learned"):
+            best = max(names, key=lambda name: detection[name]["auroc"]["value"])
+            assert [name for name in shown if name in names] == [best], family
+    figures = study.figures()
+    for name in ("roc", "risk_coverage"):
+        ax = figures[name].axes[0]
+        labels = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert [label.split(" (")[0] for label in labels if not label.startswith(
+            ("chance", "optimal"))] == shown, name
+        # The legend sits right of the axes, where it covers no curve.
+        assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1, name
+    roc_labels = [t.get_text() for t in figures["roc"].axes[0].get_legend().get_texts()]
+    best_softmax = max(study.groups["softmax-derived, from one forward pass"],
+                       key=lambda name: detection[name]["auroc"]["value"])
+    assert (f"{best_softmax} (AUROC {detection[best_softmax]['auroc']['value']:.3f})"
+            in roc_labels)
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def test_study_result_errors_figure_names_classes_and_counts_the_errors(study, sample):
+    X, _ = sample
+    n_errors = int(study.measurements.is_error.sum())
+    names = [f"class-{label}" for label in range(10)]
+    fig = study.figures(X, class_names=names)["errors"]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == min(n_errors, ERRORS_SHOWN)
+    assert all(title.startswith("true class-") and "pred class-" in title for title in titles)
+    assert f"of {n_errors} (" in fig._suptitle.get_text()
+    plt.close(fig)
 
 
 def test_run_study_is_measure_then_analyse(trained_cnn, digits):

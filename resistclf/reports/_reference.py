@@ -128,6 +128,9 @@ ATTACK_MODES = {
 #: that contains 0 is not equivalence), so no fast mode has been shown equivalent yet.
 FAST_MODES = {"mnist": "exact", "fashion-mnist": "exact"}
 NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+#: The class names the figures show, where a class's label is not its name.
+CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]}
 
 
 def attack_mode(fast, dataset):

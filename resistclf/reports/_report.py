@@ -193,7 +193,7 @@ def write_report(out, markdown, results, figures, arrays=None):
             np.savez_compressed(file, **arrays)
     for name, fig in figures.items():
         with atomic_write(out / f"{name}.png") as file:
-            fig.savefig(file, format="png", dpi=110)
+            fig.savefig(file, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
     write_json(out / "results.json", results)
     write_text(out / "report.md", markdown)

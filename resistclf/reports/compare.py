@@ -18,7 +18,7 @@ from .. import ResistanceAttack, ResultStore
 from ..metrics import verdict
 from ..models import MLP, SimpleCNN
 from ..plotting import RiskCoverageDisplay, distinct_line_styles, plot_boxplots
-from ..study import SHOWN, Measurements, analyse, complementarity_table, count_cell, \
+from ..study import Measurements, analyse, complementarity_table, count_cell, \
     detection_table, markdown_table, measure, metric_cell, p_cell, percent_cell, tests_markdown
 from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
 from ._report import FOLDS, environment, header_markdown, parallel_backend, phase, \
@@ -195,13 +195,13 @@ def _figures(studies):
             ax.set_title(name)
             ax.text(0.5, 0.5, "too few errors or correct predictions", ha="center")
         else:
-            shown = [s for s in SHOWN if s in study.scores]
+            shown = study.shown_scores()
             distinct_line_styles(ax, len(shown))
             for score in shown:
                 RiskCoverageDisplay.from_predictions(m.is_error, study.scores[score],
                                                      name=score, ax=ax)
             ax.set_title(f"{name}: risk against coverage")
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=6, loc="upper left")
         result = m.attacks[0]
         for group, mask in [("correct", ~m.is_error), ("incorrect", m.is_error)]:
             if mask.any():

@@ -12,7 +12,8 @@ import numpy as np
 
 from .. import ResistanceAttack, ResultStore
 from ..study import analyse, markdown_table, measure, metric_cell, percent_cell
-from ._reference import NAMES, attack_mode, load_dataset, mode_sentence, reference_net
+from ._reference import CLASS_NAMES, NAMES, attack_mode, load_dataset, mode_sentence, \
+    reference_net
 from ._report import FOLDS, header_markdown, parallel_backend, phase, settings_markdown, \
     recompute_study, study_results, traces_figure, write_report
 
@@ -93,7 +94,8 @@ def run_reproduce(dataset, root, *, out, cache=None, download=False, seed=0, lim
         "n_test": int(len(X_test)), "net": net_info, "attack": attack.get_params(),
         "mode": mode, "fast": fast, "traced_images": traced})
     with _phase("figures and report", timings, verbose):
-        figures = {**study.figures(X_test), "traces": traces}
+        figures = {**study.figures(X_test, class_names=CLASS_NAMES.get(dataset)),
+                   "traces": traces}
     results["seconds"] = timings
     write_report(out, _markdown(results, study), results, figures,
                  arrays=measured.to_arrays())

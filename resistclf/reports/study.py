@@ -573,7 +573,7 @@ def write_study(module, X, y, *, out, net_info, data_info, attack, n_classes, to
         study = analyse(measured, folds=FOLDS, n_resamples=n_resamples, random_state=seed)
     figures, traced_images = {}, None
     with _phase("figures", timings, verbose):
-        figures.update(study.figures(X))
+        figures.update(study.figures(X, class_names=data_info.get("classes")))
         if (~measured.is_error).any():
             figures["traces"], traced_images = traces_figure(module, attack, measured, X)
     results = study_results(study, {
