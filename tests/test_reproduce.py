@@ -56,6 +56,14 @@ def test_reproduce_end_to_end_and_rerun_reuses_cache(fake_mnist_root, tmp_path, 
                    "Does resistance add anything beyond the softmax?", "DeepFool distance",
                    "FMN-L2 distance", "DDN distance", "Spearman"]:
         assert phrase in report, phrase
+    # The verdict opens the report, the departures from the defaults follow, and a glossary
+    # of the terms it names closes it.
+    opening = report.split("\n\n")[1:3]
+    assert opening[0].startswith("**Verdict (primary question: does resistance add")
+    assert opening[1].startswith("**Settings that depart from the defaults:** `max_iter=30`")
+    glossary = report[report.index("## Glossary"):]
+    for term in ["**Res_min**", "**E-AURC**", "**AUGRC**", "**TOST**", "**LR**"]:
+        assert term in glossary, term
 
     attack = ResistanceAttack.__call__
 
@@ -110,3 +118,25 @@ def test_reproduce_class_names_are_torchvisions():
     from torchvision.datasets import FashionMNIST
 
     assert _reference.CLASS_NAMES["fashion-mnist"] == FashionMNIST.classes
+
+
+def test_report_glossary_defines_only_the_terms_named():
+    from resistclf.reports._report import glossary_markdown
+
+    glossary = glossary_markdown("Res_N against max-softmax, by AURC.")
+    assert [line.split("**")[1] for line in glossary.splitlines() if line.startswith("- ")] == [
+        "Res_N", "max-softmax", "AURC"]
+    assert glossary_markdown("no term here") == ""
+
+
+@pytest.mark.parametrize("changed, expected", [
+    ({}, None),
+    ({"thresholds": [0.2, 0.9], "batch_size": 7}, None),  # JSON's lists; a speed setting
+    ({"max_iter": 100}, "`max_iter=100` (default 500: the step size is tuned for 500 steps"),
+    ({"norm": "linf"}, "`norm='linf'` (default 'l2')"),
+])
+def test_report_flags_settings_that_depart_from_the_defaults(changed, expected):
+    from resistclf.reports._report import departures_markdown
+
+    line = departures_markdown({**ResistanceAttack().get_params(), **changed})
+    assert line == expected if expected is None else expected in line

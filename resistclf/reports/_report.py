@@ -146,7 +146,9 @@ def header_markdown(title, r, description, resampled="the images", opening=None)
     """A report's title, its ``opening`` lines (the primary question and its verdict) and
     its opening paragraph, with MNIST's short training split noted; ``resampled`` says
     what the bootstrap draws."""
+    departures = departures_markdown(r["attack"]) if "attack" in r else None
     lines = [f"# {title}", "", *([opening, ""] if opening else []),
+             *([departures, ""] if departures else []),
              f"{description} Brackets hold bootstrap 95% intervals "
              f"({r['n_resamples']} resamples of {resampled}).", ""]
     if r.get("dataset") == "mnist" and r.get("n_train", 60000) < 60000:
@@ -154,6 +156,37 @@ def header_markdown(title, r, description, resampled="the images", opening=None)
                   "official 60,000 images, so its nets make more errors than ones trained on "
                   "all of them, and than the write-up's.", ""]
     return "\n".join(lines)
+
+
+#: Why a departure from the attack's defaults matters, where it is not plain.
+_DEPARTURE_NOTES = {
+    "max_iter": "the step size is tuned for 500 steps; fewer leave more images unflipped",
+    "step_size": "the thresholds and 500 steps are tuned for a step of 0.15",
+    "precision": "features move by rounding; see docs/results/bench",
+    "early_exit": "the attack stops before 500 steps once its class has settled",
+}
+
+
+def departures_markdown(attack):
+    """One line that flags the attack settings (``get_params()``) that change its results and
+    differ from :class:`~resistclf.ResistanceAttack`'s defaults; None where none does."""
+    from .. import ResistanceAttack
+
+    defaults = ResistanceAttack().get_params()
+    changed = [name for name in ("max_iter", "step_size", "norm", "thresholds", "optimizer",
+                                 "precision", "early_exit")
+               if name in attack and _as_tuple(attack[name]) != _as_tuple(defaults[name])]
+    if not changed:
+        return None
+    return "**Settings that depart from the defaults:** " + "; ".join(
+        f"`{name}={attack[name]!r}` (default {defaults[name]!r}"
+        + (f": {_DEPARTURE_NOTES[name]}" if name in _DEPARTURE_NOTES else "") + ")"
+        for name in changed) + "."
+
+
+def _as_tuple(value):
+    """JSON turns tuples into lists; compare them as tuples."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def settings_markdown(r, nets=None):
@@ -181,8 +214,69 @@ def call_repr(name, params):
     return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
 
 
+#: Every feature, score, metric and test a report may name, as its glossary defines it.
+GLOSSARY = {
+    "Res_N": "|r| at the end of the resistance attack (500 steps by default).",
+    "Res_max": "the largest |r| the attack reaches.",
+    "Res_min": "the number of steps until the prediction first changes (a step count, "
+               "`max_iter + 1` where it never does).",
+    "Res_mean": "the mean |r| over the steps after the prediction first changed (|r| at the "
+                "end where it never did).",
+    "max-softmax": "the softmax probability of the predicted class (its error score is 1 − "
+                   "max-softmax).",
+    "max-logit": "the largest logit, negated as an error score.",
+    "softmax margin": "the top softmax probability minus the second.",
+    "logit margin": "the top logit minus the second.",
+    "entropy": "the entropy of the softmax.",
+    "energy": "−logsumexp of the logits (Liu et al., 2020).",
+    "DOCTOR": "D_alpha (from the Gini impurity of the softmax) and D_beta ((1 − p_max) / p_max), "
+              "Granese et al. (2021).",
+    "input-space margin": "the distance to the nearest decision boundary of the net linearised "
+                          "at the input (DeepFool's first step).",
+    "DeepFool": "DeepFool (Moosavi-Dezfooli et al., 2016): the norm of its minimal "
+                "perturbation, and the class it lands in.",
+    "FMN": "Fast Minimum-Norm attack (Pintor et al., 2021), through Foolbox: the norm of its "
+           "perturbation, and the class it lands in.",
+    "DDN": "Decoupled Direction and Norm attack (Rony et al., 2019), through Foolbox.",
+    "LR(": "a learned detector: `make_detector()`, a logistic regression on each input's "
+           "normal scores (its empirical quantiles mapped to a standard normal), trained and "
+           "scored out of fold.",
+    "AUROC": "area under the ROC curve: the chance that an error scores above a correct "
+             "prediction (0.5 is chance).",
+    "FPR at 95% TPR": "the share of correct predictions flagged when 95% of errors are.",
+    "AURC": "area under the risk-coverage curve: the mean error rate among the predictions "
+            "kept, over every coverage (×1000, lower is better).",
+    "E-AURC": "AURC minus that of the best possible ranking of the same predictions.",
+    "AUGRC": "area under the generalized risk-coverage curve: the share of predictions both "
+             "kept and wrong, over every coverage (Traub et al., 2024).",
+    "paired": "both methods on the same resampled images, so the interval is that of their "
+              "difference.",
+    "TOST": "two one-sided tests: equivalence is shown when the whole 90% interval of the "
+            "difference lies within a margin declared before the run.",
+    "Holm": "Holm's step-down adjustment of the secondary tests' p-values for their number.",
+    "McNemar": "McNemar's exact test on the images where two paired methods disagree.",
+    "adversarial class": "the class the resistance attack lands in; the adversarial "
+                         "correction replaces a detected error with it.",
+    "second choice": "the class with the second-highest softmax probability.",
+    "detect then correct": "the net's prediction, replaced by the adversarial class where the "
+                           "learned detector says the net is wrong.",
+}
+
+
+def glossary_markdown(markdown):
+    """The glossary section of the terms ``markdown`` names (case-sensitive), or ""."""
+    lowered = markdown.replace("detect-then-correct", "detect then correct")
+    terms = [term for term in GLOSSARY if term in lowered or term.lower() in lowered.lower()
+             and term[0].islower()]
+    if not terms:
+        return ""
+    return "\n".join(["## Glossary", "", *(f"- **{term.rstrip('(')}**: {GLOSSARY[term]}"
+                                          for term in terms), ""])
+
+
 def write_report(out, markdown, results, figures, arrays=None):
-    """Write ``report.md``, ``results.json``, each figure as ``<name>.png`` and, with
+    """Write ``report.md`` (``markdown`` and the glossary of the terms it names),
+    ``results.json``, each figure as ``<name>.png`` and, with
     ``arrays``, the per-image arrays as ``per_image.npz`` (from which ``resistclf verify``
     recomputes every number of ``results.json``) to ``out``."""
     import matplotlib.pyplot as plt
@@ -196,7 +290,7 @@ def write_report(out, markdown, results, figures, arrays=None):
             fig.savefig(file, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
     write_json(out / "results.json", results)
-    write_text(out / "report.md", markdown)
+    write_text(out / "report.md", "\n".join(filter(None, [markdown, glossary_markdown(markdown)])))
     print(f"Wrote {out / 'report.md'}, results.json and {len(figures)} figures.", file=sys.stderr)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import ResistanceAttack, ResultStore
-from ..study import analyse, markdown_table, measure, metric_cell, percent_cell
+from ..study import analyse, markdown_table, measure, metric_cell, percent_cell, \
+    verdict_markdown
 from ._reference import CLASS_NAMES, NAMES, attack_mode, load_dataset, mode_sentence, \
     reference_net
 from ._report import FOLDS, header_markdown, parallel_backend, phase, settings_markdown, \
@@ -122,7 +123,7 @@ def _markdown(r, study):
                         f"**{r['n_train']:,} training images**; attacked on **{r['n_test']:,} "
                         "test images**" + (f" (a random subset, `--limit {r['limit']}`)"
                                            if r["limit"] else "") + ". "
-                        + _attack_sentence(r)),
+                        + _attack_sentence(r), opening=verdict_markdown(r)),
         "## Summary: the write-up, ours, and the baseline on the same net",
         "",
         markdown_table(["", "write-up", "ours (resistance)", "baseline (softmax, same net)"], [

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .. import ResistanceAttack, ResultStore
-from ..study import COMPETITORS, DEFAULT_COMPETITORS, analyse, label_indices, measure
+from ..study import COMPETITORS, DEFAULT_COMPETITORS, analyse, label_indices, measure, \
+    verdict_markdown
 from ._reference import ATTACK_MODES, FAST_MODES
 from ._report import (
     FOLDS,
@@ -613,7 +614,8 @@ def _markdown(r, study):
         f"{a['preprocessing']}, at {ranks} (`--topk {r['topk']}`); "
         f"{_mode_sentence(r['mode'], r.get('fast', False))}.")
     return "\n".join([
-        header_markdown(f"The study on `{net['builder']}`", r, description),
+        header_markdown(f"The study on `{net['builder']}`", r, description,
+                        opening=verdict_markdown(r)),
         study.to_markdown(level=2),
         *([("![Misclassified images: true label, prediction, adversarial class, softmax "
             "second choice](errors.png)"), ""] if r["errors"]["count"] else []),
