@@ -127,6 +127,10 @@ def build_parser():
                        "per-image arrays (per_image.npz); exit 1 on any difference.")
     verify.add_argument("folders", nargs="+", metavar="DIR",
                         help="Report folders, such as docs/results/shift-mnist.")
+    verify.add_argument("--rewrite", action="store_true",
+                        help="Where every number agrees, write report.md and the figures the "
+                             "arrays alone can draw again, in the current code's words "
+                             "(reproduce and study reports).")
     verify.set_defaults(run="resistclf.reports.verify")
 
     compare = commands.add_parser(

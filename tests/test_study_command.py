@@ -15,7 +15,7 @@ from resistclf.datasets import load_digits_images
 from resistclf.reports import reproduce
 from resistclf.reports._reference import ATTACK_MODES, load_dataset, reference_net
 from resistclf.reports.study import DatasetRows, load_data
-from resistclf.reports.verify import verify
+from resistclf.reports.verify import rewrite, verify
 from resistclf.study import StudyResult, measure
 
 #: Until FMN and DDN land in every study, the tests run the two competitors that need nothing
@@ -135,9 +135,18 @@ def test_verify_recomputes_a_study_report_and_fails_on_a_changed_number(small_ca
     assert verify(out) == []
     main(["verify", str(out)])
     assert "every number recomputed from per_image.npz agrees" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    # --rewrite writes the report again from the arrays, with the same numbers.
+    (out / "report.md").write_text("stale")
+    (out / "roc.png").unlink()
+    main(["verify", "--rewrite", str(out)])
+    assert "report.md and its array-drawn figures rewritten" in capsys.readouterr().out
+    assert (out / "report.md").read_text() == report and (out / "roc.png").exists()
     results = json.loads((out / "results.json").read_text())
     results["detection"]["max-softmax"]["auroc"]["value"] += 1e-6
     (out / "results.json").write_text(json.dumps(results))
+    (out / "report.md").write_text("stale")
+    assert len(rewrite(out)) == 1 and (out / "report.md").read_text() == "stale"
     differences = verify(out)
     assert len(differences) == 1 and differences[0].startswith(
         "detection.max-softmax.auroc.value: the report holds")
@@ -163,7 +172,7 @@ def no_figures(monkeypatch):
 
     from resistclf.reports import study
 
-    monkeypatch.setattr(StudyResult, "figures", lambda self, X=None: {})
+    monkeypatch.setattr(StudyResult, "figures", lambda self, X=None, class_names=None: {})
     for module in (study, reproduce):
         monkeypatch.setattr(module, "traces_figure",
                             lambda *args: (plt.figure(), {"hard": 0, "easy": 1}))

@@ -95,15 +95,29 @@ def study_results(study, run):
     return {**run, **study.to_dict(), "environment": environment()}
 
 
-def recompute_study(results, arrays):
-    """The numbers of a one-set study report (reproduce, study) from its per-image arrays:
-    the same analysis, on the measurements read back, with the report's folds and seed."""
+def reanalyse_study(results, arrays):
+    """The analysis of a one-set study report (reproduce, study) from its per-image arrays:
+    the same :func:`~resistclf.study.analyse`, on the measurements read back, with the
+    report's folds and seed. Returns the :class:`~resistclf.study.StudyResult`."""
     from .. import ResistanceAttack
     from ..study import Measurements, analyse
 
     measured = Measurements.from_arrays(arrays, attack=ResistanceAttack(**results["attack"]))
     return analyse(measured, folds=results["folds"], n_resamples=results["n_resamples"],
-                   random_state=results["seed"]).to_dict()
+                   random_state=results["seed"])
+
+
+def rewrite_study(results, arrays, markdown):
+    """A one-set study report redrawn from its arrays: what ``verify --rewrite`` needs.
+
+    Returns the recomputed numbers, the report's Markdown (``markdown(results, study)``)
+    and the figures drawn from the arrays alone (not those that need the images or the
+    net, which stay as they are).
+    """
+    study = reanalyse_study(results, arrays)
+    figures = {name: fig for name, fig in study.figures().items()
+               if name in ("risk_coverage", "roc", "histograms")}
+    return study.to_dict(), markdown(results, study), figures
 
 
 def traces_figure(module, attack, measured, X):
@@ -211,7 +225,7 @@ def settings_markdown(r, nets=None):
 
 def call_repr(name, params):
     """``name(key=value, ...)``, for the settings line of a report."""
-    return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
+    return f"{name}(" + ", ".join(f"{k}={_as_tuple(v)!r}" for k, v in params.items()) + ")"
 
 
 #: Every feature, score, metric and test a report may name, as its glossary defines it.

@@ -16,7 +16,7 @@ from ..study import analyse, markdown_table, measure, metric_cell, percent_cell,
 from ._reference import CLASS_NAMES, NAMES, attack_mode, load_dataset, mode_sentence, \
     reference_net
 from ._report import FOLDS, header_markdown, parallel_backend, phase, settings_markdown, \
-    recompute_study, study_results, traces_figure, write_report
+    reanalyse_study, rewrite_study, study_results, traces_figure, write_report
 
 #: The write-up's own figures (its networks, trained on the full training sets).
 WRITEUP = {
@@ -106,7 +106,13 @@ def run_reproduce(dataset, root, *, out, cache=None, download=False, seed=0, lim
 def recompute(results, arrays):
     """Every number of this command's ``results.json`` from its ``per_image.npz`` (for
     ``resistclf verify``)."""
-    return recompute_study(results, arrays)
+    return reanalyse_study(results, arrays).to_dict()
+
+
+def rewrite(results, arrays):
+    """The numbers, the Markdown and the array-drawn figures of this command's report, from
+    its ``per_image.npz`` (for ``resistclf verify --rewrite``)."""
+    return rewrite_study(results, arrays, _markdown)
 
 
 def _markdown(r, study):

@@ -33,7 +33,7 @@ from ._report import (
     parallel_backend,
     phase,
     settings_markdown,
-    recompute_study,
+    reanalyse_study, rewrite_study,
     study_results,
     traces_figure,
     write_report,
@@ -592,7 +592,13 @@ def write_study(module, X, y, *, out, net_info, data_info, attack, n_classes, to
 def recompute(results, arrays):
     """Every number of this command's ``results.json`` from its ``per_image.npz`` (for
     ``resistclf verify``)."""
-    return recompute_study(results, arrays)
+    return reanalyse_study(results, arrays).to_dict()
+
+
+def rewrite(results, arrays):
+    """The numbers, the Markdown and the array-drawn figures of this command's report, from
+    its ``per_image.npz`` (for ``resistclf verify --rewrite``)."""
+    return rewrite_study(results, arrays, _markdown)
 
 
 def _markdown(r, study):

@@ -7,6 +7,11 @@ alone, with no attack and no network, and every number it gives is compared with
 ``results.json``: after a round trip through JSON they must agree to a relative 1e-9.
 Settings (the attack, the seed, the number of resamples), wall times and the environment are
 read, not recomputed.
+
+With ``--rewrite``, a report whose numbers all agree is written again, in the current
+code's words and figures, from those arrays: its Markdown and the figures that need
+neither the images nor the net (a new presentation without a new attack). A report whose
+numbers differ is left as it is.
 """
 
 import json
@@ -44,7 +49,12 @@ def verify(folder):
     ValueError
         If the folder lacks either file, or its command keeps no per-image arrays.
     """
-    folder = Path(folder)
+    results, arrays, module = _read(Path(folder))
+    return _compare(results, module.recompute(results, arrays))
+
+
+def _read(folder):
+    """A report's ``results.json``, its arrays, and the module of the command that wrote it."""
     for name in ("results.json", "per_image.npz"):
         if not (folder / name).is_file():
             raise ValueError(f"{folder} has no {name}: only a report written with its "
@@ -55,11 +65,47 @@ def verify(folder):
         raise ValueError(f"{folder}/results.json names command {command!r}; verify knows "
                          f"{list(VERIFIABLE)}.")
     with np.load(folder / "per_image.npz", allow_pickle=False) as arrays:
-        recomputed = import_module(f"resistclf.reports.{command}").recompute(results,
-                                                                              dict(arrays))
+        arrays = dict(arrays)
+    return results, arrays, import_module(f"resistclf.reports.{command}")
+
+
+def _compare(results, recomputed):
+    """One line per number of ``recomputed`` that ``results`` does not hold to the bit."""
     recomputed = json.loads(json.dumps(recomputed, default=_plain))
     return [line for key, value in recomputed.items()
             for line in _differences(results.get(key), value, key)]
+
+
+def rewrite(folder):
+    """Verify a report, then write its Markdown and array-drawn figures again.
+
+    Parameters
+    ----------
+    folder : path
+        A report folder with ``results.json`` and ``per_image.npz``.
+
+    Returns
+    -------
+    differences : list of str
+        As :func:`verify` gives them; the report is rewritten only when this is empty.
+
+    Raises
+    ------
+    ValueError
+        As :func:`verify`, and if the report's command cannot redraw its report.
+    """
+    from ._report import write_report
+
+    folder = Path(folder)
+    results, arrays, module = _read(folder)
+    if not hasattr(module, "rewrite"):
+        raise ValueError(f"{folder}: the {results['command']} command verifies its numbers "
+                         "but cannot rewrite its report; rerun the command.")
+    recomputed, markdown, figures = module.rewrite(results, arrays)
+    differences = _compare(results, recomputed)
+    if not differences:
+        write_report(folder, markdown, results, figures)
+    return differences
 
 
 def _plain(value):
@@ -93,9 +139,9 @@ def _short(value):
     return text if len(text) < 80 else text[:77] + "..."
 
 
-def _verify_or_explain(folder):
+def _verify_or_explain(folder, again=False):
     try:
-        return verify(folder), None
+        return (rewrite if again else verify)(folder), None
     except ValueError as exc:
         return None, str(exc)
 
@@ -104,7 +150,7 @@ def main(args):
     """Entry point of ``resistclf verify``: exit 1 on any difference."""
     # One report per core; a report that parallelises its own analysis runs it alone there.
     outcomes = Parallel(n_jobs=min(len(args.folders), effective_n_jobs(-1)))(
-        delayed(_verify_or_explain)(folder) for folder in args.folders)
+        delayed(_verify_or_explain)(folder, args.rewrite) for folder in args.folders)
     failed = False
     for folder, (differences, problem) in zip(args.folders, outcomes):
         if problem is not None:
@@ -113,11 +159,14 @@ def main(args):
             continue
         if differences:
             failed = True
-            print(f"{folder}: {len(differences)} numbers differ from their recomputation:",
+            print(f"{folder}: {len(differences)} numbers differ from their recomputation"
+                  + (" (report left as it is)" if args.rewrite else "") + ":",
                   file=sys.stderr)
             for line in differences[:20]:
                 print(f"  {line}", file=sys.stderr)
         else:
-            print(f"{folder}: every number recomputed from per_image.npz agrees.")
+            print(f"{folder}: every number recomputed from per_image.npz agrees"
+                  + ("; report.md and its array-drawn figures rewritten." if args.rewrite
+                     else "."))
     if failed:
         sys.exit(1)
