@@ -565,8 +565,8 @@ class ResistanceAttack(BaseEstimator):
         r = torch.zeros_like(slots.x, requires_grad=True)
         optimizer, first = None, True
 
-        while busy := slots.busy():
-            fresh = slots.all_fresh()
+        while slots.busy:
+            fresh = slots.all_fresh
             # Adam's state belongs to the rows of r, so it shrinks only with a new round.
             kept = slots.shrink() if fresh or self.optimizer == "sgd" else None
             if kept is not None:
@@ -577,11 +577,11 @@ class ResistanceAttack(BaseEstimator):
             inputs = slots.x + r
             with autocast:
                 raw = forward(module, inputs if inputs.dtype == dtype else inputs.to(dtype),
-                              n_samples=busy)
+                              n_samples=slots.busy)
             with torch.no_grad():
                 active = slots.image >= 0
                 norm = norm_of(r.detach().flatten(1))
-                self._check_finite(raw.detach(), norm, active, slots)
+                bad = active & ~(torch.isfinite(norm) & torch.isfinite(raw.detach()).all(dim=1))
                 if first:
                     _warn_if_probabilities(raw.detach()[active])
                     first = False
@@ -614,11 +614,18 @@ class ResistanceAttack(BaseEstimator):
                 dconf = torch.where(slots.is_c0, rest, -others)
                 dconf *= (conf * (conf >= low))[:, None]
                 stalled = _stalled(logits, slots.is_c0, rest, active & (conf >= low), r)
+                # The step's one read back to the host: all it decides on (a GPU runs on
+                # without waiting between two of them).
+                any_bad, any_stalled, all_done, finished, evaluations = slots.read_back(
+                    bad, stalled, done)
+                if any_bad:
+                    self._raise_not_finite(bad, norm, slots)
+                stalled = stalled if any_stalled else None
                 if stalled is not None:
                     dconf = torch.where(stalled[:, None],
                                         _log_rest_gradient(logits, slots.is_c0), dconf)
                 norm_sign = torch.where(conf >= high, -1.0, 1.0).to(dconf.dtype)
-            if not bool(done.all()):
+            if not all_done:
                 (grad,) = torch.autograd.grad(raw, r, grad_outputs=dconf.to(raw.dtype))
                 with torch.no_grad():
                     flat = r.detach().flatten(1)
@@ -637,14 +644,13 @@ class ResistanceAttack(BaseEstimator):
                                 r.clamp(self.clip[0] - slots.x, self.clip[1] - slots.x), clipped)
                         r.copy_(clipped)
             with torch.no_grad():
-                progress(slots.finish(done, norm, r))
+                slots.finish(done, norm, r, finished)
+            progress(evaluations)
         return slots.result()
 
-    def _check_finite(self, logits, norm, active, slots):
-        """Raise, naming the image and the step, where the logits or ``|r|`` are not finite."""
-        bad = active & ~(torch.isfinite(norm) & torch.isfinite(logits).all(dim=1))
-        if not bool(bad.any()):
-            return
+    def _raise_not_finite(self, bad, norm, slots):
+        """Raise, naming the image and the step, where the logits or ``|r|`` are not finite
+        (the ``bad`` slots)."""
         slot = int(bad.nonzero()[0, 0])
         image, step, size = int(slots.image[slot]), int(slots.step[slot]), float(norm[slot])
         if np.isnan(size):
@@ -691,7 +697,7 @@ class ResistanceAttack(BaseEstimator):
 
 
 def _stalled(logits, is_c0, rest, moving, r):
-    """The rows at ``r = 0`` whose Conf gradient underflows, or None if there are none.
+    """The rows at ``r = 0`` whose Conf gradient underflows, as a mask.
 
     ``rest`` is ``1 - Conf``, the other classes' probabilities summed; below the
     smallest normal number (a logit margin above about 87 in float32) its gradient
@@ -699,9 +705,7 @@ def _stalled(logits, is_c0, rest, moving, r):
     """
     at_zero = ~r.detach().flatten(1).any(dim=1)
     stalled = moving & at_zero & (rest[:, 0] < torch.finfo(rest.dtype).tiny)
-    if bool(stalled.any()):
-        stalled &= (logits.masked_fill(is_c0, -torch.inf) > -torch.inf).any(dim=1)
-    return stalled if bool(stalled.any()) else None
+    return stalled & (logits.masked_fill(is_c0, -torch.inf) > -torch.inf).any(dim=1)
 
 
 def _log_rest_gradient(logits, is_c0):
@@ -910,6 +914,9 @@ class _Slots:
         self.traces = (torch.full((2, n, max_iter + 1), torch.nan, dtype=self.work,
                                   device=device) if return_trace else None)
         self.c0 = self.is_c0 = None  # per-slot bookkeeping is allocated once the logits are known
+        # What the host knows of the slots, updated where they change (so that no step
+        # reads them back): the slots holding an image, and whether all or any are at step 0.
+        self.busy, self.all_fresh, self.any_fresh = 0, True, True
         self._fill(torch.ones(size, dtype=torch.bool, device=device))
 
     def _fill(self, free):
@@ -923,10 +930,8 @@ class _Slots:
         self.image[idle] = -1
         self.step[free] = 0
         self.next_image += count
-
-    def busy(self):
-        """The number of slots that hold an image."""
-        return int((self.image >= 0).sum())
+        self.busy += count
+        self.any_fresh = True  # the free slots are at step 0, idle or not
 
     def shrink(self):
         """Drop the idle slots past the next multiple of SLOT_QUANTUM.
@@ -934,10 +939,10 @@ class _Slots:
         Returns the positions of the slots kept (the busy ones first, in order),
         or None if none is dropped.
         """
-        busy = self.image >= 0
-        size = _slot_count(len(self.image), int(busy.sum()))
+        size = _slot_count(len(self.image), self.busy)
         if size == len(self.image):
             return None
+        busy = self.image >= 0
         keep = torch.cat([busy.nonzero()[:, 0], (~busy).nonzero()[:, 0]])[:size]
         for name in self.PER_SLOT:
             value = getattr(self, name, None)
@@ -945,9 +950,6 @@ class _Slots:
                 setattr(self, name, value[keep])
         self.x = self.x.to(memory_format=self.memory_format)
         return keep
-
-    def all_fresh(self):
-        return bool((self.step == 0).all())
 
     def start_images(self, logits, rank):
         """Set c0 and reset the bookkeeping of slots at step 0, from their logits at r = 0."""
@@ -964,7 +966,7 @@ class _Slots:
                 torch.zeros_like(self.c0) for _ in range(4))
             self.res_max, self.conf0, self.norm_sum_after_flip = (
                 torch.zeros(size, dtype=self.work, device=self.device) for _ in range(3))
-        if not bool(fresh.any()):
+        if not self.any_fresh:
             return
         # Classes ranked above c0 are removed from the softmax with a -inf offset. Ties go
         # to the lower class index, as in argmax: at r = 0 the prediction is c0.
@@ -987,18 +989,29 @@ class _Slots:
             self.traces[0, self.image[active], self.step[active]] = conf[active]
             self.traces[1, self.image[active], self.step[active]] = norm[active]
 
-    def finish(self, done, norm, r):
-        """Store the results of the slots that are done and give them new images.
+    def read_back(self, bad, stalled, done):
+        """The step's flags, in one transfer to the host.
 
-        Returns the progress made, in evaluations: one for each active slot,
-        plus the evaluations a slot leaving early skips.
+        Returns whether any slot is ``bad``, any ``stalled``, all ``done``, any active
+        slot done, and the progress made, in evaluations: one for each active slot, plus
+        the evaluations a slot leaving early skips.
         """
         active = self.image >= 0
-        done = done & active
-        progress = int(active.sum() + ((self.max_iter - self.step) * done).sum())
+        finished = done & active
+        evaluations = active.sum() + ((self.max_iter - self.step) * finished).sum()
+        *flags, evaluations = torch.stack([bad.any(), stalled.any(), done.all(),
+                                           finished.any(), evaluations]).tolist()
+        return (*map(bool, flags), evaluations)
+
+    def finish(self, done, norm, r, finished):
+        """Store the results of the slots that are ``done`` and give them new images;
+        ``finished`` says whether any active slot is done (from :meth:`read_back`), so
+        that the slots are read back only then."""
         self.step += 1
-        if not bool(done.any()):
-            return progress
+        self.all_fresh = self.any_fresh = False
+        if not finished:
+            return
+        done = done & (self.image >= 0)
         images = self.image[done]
         res_mean = torch.where(self.steps_after_flip > 0,
                                self.norm_sum_after_flip / self.steps_after_flip.clamp_min(1),
@@ -1008,8 +1021,9 @@ class _Slots:
                             ("adversarial_class", self.adversarial_class)]:
             self.out[name][images] = value[done]
         r[done] = 0.0
+        self.busy -= len(images)
         self._fill(done)
-        return progress
+        self.all_fresh = bool((self.step == 0).all())
 
     def result(self):
         as_numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731

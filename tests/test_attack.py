@@ -681,3 +681,39 @@ def test_attack_error_counts_the_callers_samples_not_the_padded_rows():
                                          r"returned a tensor of shape \(16, 3, 1\)"):
         ResistanceAttack(max_iter=2)(nn.Sequential(nn.Linear(4, 3), nn.Unflatten(1, (3, 1))),
                                      torch.rand(6, 4))
+
+
+#: The ways a tensor's value reaches Python, each a wait for the device on a GPU.
+HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu")
+
+
+def _count_host_reads(monkeypatch, attack, module, X):
+    count = 0
+
+    def counting(original):
+        def read(self, *args, **kwargs):
+            nonlocal count
+            count += 1
+            return original(self, *args, **kwargs)
+        return read
+
+    with monkeypatch.context() as patch:
+        for name in HOST_READS:
+            patch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+        attack(module, X)
+    return count
+
+
+# An early exit past the last step: its bookkeeping runs, but every image ends together
+# (a slot that leaves early is read back then, as a new round is).
+@pytest.mark.parametrize("settings", [{}, {"early_exit": 200}, {"clip": (0.0, 1.0)},
+                                      {"precision": "bfloat16"}])
+def test_attack_reads_back_to_the_host_once_per_step(cnn_module, digits, monkeypatch,
+                                                     settings):
+    # Twice the steps on the same images, in one round of the batch: the extra steps'
+    # reads alone (the round's own reads cancel out).
+    X = digits[2][:24]
+    reads = [_count_host_reads(monkeypatch, ResistanceAttack(max_iter=steps, batch_size=32,
+                                                             **settings), cnn_module, X)
+             for steps in (40, 80)]
+    assert reads[1] - reads[0] <= 40, reads
