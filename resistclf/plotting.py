@@ -182,16 +182,27 @@ def plot_roc_curves(is_error, scores, *, ax=None, title="Detecting the net's err
     import matplotlib.pyplot as plt
 
     is_error = np.asarray(is_error, dtype=bool)
+    zoom = ax is None
     fig, ax = plt.subplots(figsize=(10, 5)) if ax is None else (ax.figure, ax)
-    distinct_line_styles(ax, len(scores))
-    for name, score in scores.items():
-        fpr, tpr, _ = roc_curve(is_error, score)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {auroc(is_error, score):.3f})")
+    # A new figure gets an inset of the low false-positive corner, where good detectors'
+    # curves crowd together.
+    axes = [ax, ax.inset_axes([0.38, 0.06, 0.58, 0.55])] if zoom else [ax]
+    curves = {name: roc_curve(is_error, score)[:2] for name, score in scores.items()}
+    for where in axes:
+        distinct_line_styles(where, len(scores))
+        for name, (fpr, tpr) in curves.items():
+            where.plot(fpr, tpr, label=f"{name} (AUROC {auroc(is_error, scores[name]):.3f})")
     ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1,
             label="chance (AUROC 0.500)")
     ax.set(xlabel="False positive rate (negatives flagged)",
            ylabel="True positive rate (positives caught)", xlim=(0, 1), ylim=(0, 1.01),
            title=title, aspect="equal")
+    if zoom:
+        corner = 0.2
+        lowest = min(np.interp(corner / 10, fpr, tpr) for fpr, tpr in curves.values())
+        axes[1].set(xlim=(0, corner), ylim=(max(0.0, lowest - 0.05), 1.005))
+        axes[1].tick_params(labelsize=7)
+        axes[1].set_title(f"false positive rate up to {corner}", fontsize=8)
     legend_outside(ax)
     fig.tight_layout()
     return fig
