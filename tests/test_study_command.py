@@ -184,7 +184,7 @@ def test_study_command_fast_without_an_equivalent_mode_runs_exact_and_says_so(sm
                     "input-space margin"))
     results = json.loads((small_case / "out" / "results.json").read_text())
     assert results["mode"] == "exact" and results["fast"]
-    assert "`--fast` was given, but the benchmark has shown no fast mode" in (
+    assert "`--fast` was given, but no fast mode both was shown equivalent" in (
         small_case / "out" / "report.md").read_text()
 
 

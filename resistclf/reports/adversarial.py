@@ -139,7 +139,7 @@ def run_adversarial(dataset, root, *, out, cache=None, download=False, seed=0, l
         success = {name: _successful(module, crafted[name], y, name) for name in ATTACKS}
         adversarial = {name: crafted[name][success[name]] for name in ATTACKS}
 
-    mode, settings = attack_mode(fast, dataset)
+    mode, settings = attack_mode(fast, dataset, module, X, store)
     attack = ResistanceAttack(max_iter=max_iter, **settings)
     with _phase("resistance of clean and adversarial images", timings, verbose), \
             parallel_backend(n_jobs, scheduler):

@@ -95,7 +95,8 @@ def run_compare(dataset, root, *, out, cache=None, download=False, seed=0, limit
         keep = np.sort(rng.choice(len(X_test), min(limit, len(X_test)), replace=False))
         X, y = X_test[keep], y_test[keep]
 
-    mode, settings = attack_mode(fast, dataset)
+    # Timed on the reference CNN (a step costs the same whatever its weights).
+    mode, settings = attack_mode(fast, dataset, SimpleCNN(), X, store)
     attack = ResistanceAttack(max_iter=max_iter, **settings)
     measured, infos = {}, {}
     for name, (module, fraction) in NETS.items():

@@ -79,7 +79,7 @@ def run_reproduce(dataset, root, *, out, cache=None, download=False, seed=0, lim
         keep = np.sort(np.random.RandomState(seed).choice(len(X_test), limit, replace=False))
         X_test, y_test = X_test[keep], y_test[keep]
 
-    mode, settings = attack_mode(fast, dataset)
+    mode, settings = attack_mode(fast, dataset, net.module_, X_test, store)
     attack = ResistanceAttack(max_iter=max_iter, **settings)
     with _phase("measure: logits, the attack at ranks 0-2, the competitors", timings,
                 verbose), parallel_backend(n_jobs, scheduler):

@@ -140,7 +140,7 @@ def run_shift(dataset, root, *, out, net=None, net_info=None, net_output="auto",
                                                                       index=keep)})["X"]
                    for name in corruptions}
 
-    mode, settings = attack_mode(fast, dataset)
+    mode, settings = attack_mode(fast, dataset, getattr(net, "module_", net), X, store)
     attack = ResistanceAttack(max_iter=max_iter, **settings)
     sets = {"i.i.d.": (X, y), **{name: (images, y) for name, images in shifted.items()},
             "new class": (X_new, None)}
