@@ -130,7 +130,7 @@ def build_parser():
     verify.add_argument("--rewrite", action="store_true",
                         help="Where every number agrees, write report.md and the figures the "
                              "arrays alone can draw again, in the current code's words "
-                             "(reproduce and study reports).")
+                             "(reproduce, study and shift reports).")
     verify.set_defaults(run="resistclf.reports.verify")
 
     compare = commands.add_parser(

@@ -7,7 +7,7 @@ import pytest
 from resistclf.cli import main
 from resistclf.datasets import corrupt, load_fashion_mnist, load_mnist
 from resistclf.reports.shift import run_shift
-from resistclf.reports.verify import verify
+from resistclf.reports.verify import rewrite, verify
 
 from .conftest import copy_net
 
@@ -141,6 +141,15 @@ def test_shift_learns_from_iid_images_only_and_keeps_sources_together(report):
 def test_shift_report_verifies_from_its_per_image_arrays(report):
     out, _ = report
     assert verify(out) == []
+
+
+def test_shift_report_rewritten_from_its_arrays_is_the_same_report(report):
+    out, _ = report
+    written = (out / "report.md").read_text()
+    assert written.startswith("# Failure detection under distribution shift")
+    assert written.split("\n\n")[1].startswith("**Verdict (primary question:")
+    assert rewrite(out) == []
+    assert (out / "report.md").read_text() == written
 
 
 def test_shift_per_image_csv_recomputes_a_reported_auroc(report):

@@ -169,16 +169,26 @@ def run_shift(dataset, root, *, out, net=None, net_info=None, net_output="auto",
         **sets,
     }
     with _phase("figures and report", timings, verbose):
-        figures = {f"{key}_{figure}": fig
-                   for key, name in (("pooled", "all corruptions"), ("new_class", "new class"))
-                   for figure, fig in studies[name].figures().items()
-                   if figure == "risk_coverage"}
-        figures["corrupted_images"] = _examples_figure(X, y, shifted)
+        figures = {**_risk_coverage_figures(studies),
+                   "corrupted_images": _examples_figure(X, y, shifted)}
     results["seconds"] = timings
     arrays = {f"{name}/{key}": value for name, m in measured.items()
               for key, value in m.to_arrays().items()}
     write_report(out, _markdown(results, studies), results, figures, arrays=arrays)
     return results
+
+
+def _risk_coverage_figures(studies):
+    """The risk-coverage figures of the pooled corruptions and of the new class."""
+    return {f"{key}_risk_coverage": studies[name].figures()["risk_coverage"]
+            for key, name in (("pooled", "all corruptions"), ("new_class", "new class"))}
+
+
+def rewrite(results, arrays):
+    """The numbers, the Markdown and the array-drawn figures of a shift report, from its
+    ``per_image.npz`` (for ``resistclf verify --rewrite``)."""
+    sets, studies = _reanalyse(results, arrays)
+    return sets, _markdown(results, studies), _risk_coverage_figures(studies)
 
 
 def recompute(results, arrays):
@@ -196,14 +206,18 @@ def recompute(results, arrays):
     recomputed : dict
         The entries of ``results`` that the analysis computes.
     """
+    return _reanalyse(results, arrays)[0]
+
+
+def _reanalyse(results, arrays):
+    """:func:`analyse_sets` on the measurements a report's arrays hold."""
     names = ["i.i.d.", *results["corruptions"], "new class"]
     attack = ResistanceAttack(**results["attack"])
     measured = {name: Measurements.from_arrays(
         {key.split("/", 1)[1]: value for key, value in arrays.items()
          if key.split("/", 1)[0] == name}, attack=attack) for name in names}
-    sets, _ = analyse_sets(measured, results["corruptions"], n_resamples=results["n_resamples"],
-                           seed=results["seed"])
-    return sets
+    return analyse_sets(measured, results["corruptions"], n_resamples=results["n_resamples"],
+                        seed=results["seed"])
 
 
 def _sources(name, measured):
@@ -373,14 +387,14 @@ def _markdown(r, studies):
             f"{r['seed']}); as many {NAMES[r['new_class_dataset']]} test images for "
             f"new-class shift. Attack: {a['max_iter']} steps of size {a['step_size']}, "
             f"{a['norm'].upper()} norm; {mode_sentence(r['mode'], r['dataset'], r['fast'])}.",
-            resampled="the source images, each with all its copies"),
-        f"**Primary question** (fixed in the code before the run): {PRIMARY_QUESTION}, on "
-        "all corruptions pooled with the i.i.d. images, under FD-Shifts' protocol: every "
-        "learned detector is trained on i.i.d. images only and never sees a shifted one.",
-        "",
-        verdict_markdown(studies["all corruptions"].to_dict(),
-                         "the net's failures under corruption"),
-        "",
+            resampled="the source images, each with all its copies",
+            opening="\n\n".join([
+                verdict_markdown(studies["all corruptions"].to_dict(),
+                                 "the net's failures under corruption"),
+                f"**Primary question** (fixed in the code before the run): {PRIMARY_QUESTION}, "
+                "on all corruptions pooled with the i.i.d. images, under FD-Shifts' protocol: "
+                "every learned detector is trained on i.i.d. images only and never sees a "
+                "shifted one."])),
         "Following FD-Shifts (Jaeger et al., ICLR 2023), a *failure* is a wrong prediction; "
         "on new-class images every prediction is one. Each shifted set is scored **mixed with "
         "the i.i.d. images** (the i.i.d. row alone), so AUGRC, FD-Shifts' recommended metric, "
