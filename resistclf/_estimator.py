@@ -93,7 +93,11 @@ def make_detector():
     """
     return make_pipeline(
         QuantileTransformer(n_quantiles=100, output_distribution="normal", subsample=None),
-        LogisticRegression(),
+        # Converged, so that the fit is the optimum and not where lbfgs stopped: the
+        # iterate lbfgs stops at depends on the machine's rounding, so an unconverged fit
+        # could not be recomputed elsewhere (``resistclf verify``). A fit that converges
+        # within scikit-learn's default 100 iterations is unchanged.
+        LogisticRegression(max_iter=10_000),
     )
 
 

@@ -882,7 +882,7 @@ class StudyResult:
             figures["errors"] = plot_image_grid(
                 np.asarray(X[errors]),
                 [f"true {true(i)}\npred {name(m.classes[m.prediction[i]])}\nadv "
-                 f"{name(m.classes[m.attacks[0].adversarial_class[i]])}, 2nd "
+                 f"{name(m.classes[m.attacks[0].adversarial_class[i]])}\n2nd "
                  f"{name(m.classes[second[i]])}" for i in errors])
             shown_count = ("every one" if len(errors) == len(all_errors)
                            else f"the first {len(errors)}")
