@@ -66,8 +66,8 @@ def fastest_mode(module, X, modes, *, attack=None, steps=4, store=None, timer=No
         Timed steps per mode.
     store : ResultStore or None, default=None
         Where the choice is remembered, by machine (:func:`machine_fingerprint`), the
-        net's architecture, the image shape and the modes: a second call on the same machine and net reads it back
-        instead of timing again.
+        net's architecture, the image shape and the modes: a second call on the same
+        machine and net reads it back instead of timing again.
     timer : callable or None, default=None
         ``timer(attack, module, X)`` returns the seconds of one call; None times
         ``attack(module, X)`` with :func:`time.perf_counter`. For tests.
