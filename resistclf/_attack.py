@@ -613,14 +613,16 @@ class ResistanceAttack(BaseEstimator):
                 rest = others.sum(dim=1, keepdim=True)
                 dconf = torch.where(slots.is_c0, rest, -others)
                 dconf *= (conf * (conf >= low))[:, None]
-                stalled = _stalled(logits, slots.is_c0, rest, active & (conf >= low), r)
+                stalled = _underflowing(rest, active & (conf >= low), r)
                 # The step's one read back to the host: all it decides on (a GPU runs on
                 # without waiting between two of them).
                 any_bad, any_stalled, all_done, finished, evaluations = slots.read_back(
                     bad, stalled, done)
                 if any_bad:
                     self._raise_not_finite(bad, norm, slots)
-                stalled = stalled if any_stalled else None
+                # Rare (margins above about 87): only then is a row's last check made.
+                stalled = _with_a_class_to_move_to(stalled, logits, slots.is_c0) \
+                    if any_stalled else None
                 if stalled is not None:
                     dconf = torch.where(stalled[:, None],
                                         _log_rest_gradient(logits, slots.is_c0), dconf)
@@ -696,15 +698,19 @@ class ResistanceAttack(BaseEstimator):
         return min(b for b, t in throughput.items() if t >= 0.9 * best) if throughput else 16
 
 
-def _stalled(logits, is_c0, rest, moving, r):
-    """The rows at ``r = 0`` whose Conf gradient underflows, as a mask.
+def _underflowing(rest, moving, r):
+    """The ``moving`` rows at ``r = 0`` whose Conf gradient underflows, as a mask.
 
     ``rest`` is ``1 - Conf``, the other classes' probabilities summed; below the
     smallest normal number (a logit margin above about 87 in float32) its gradient
-    is lost, entirely past a margin of about 104. Only rows left a class to move to.
+    is lost, entirely past a margin of about 104.
     """
     at_zero = ~r.detach().flatten(1).any(dim=1)
-    stalled = moving & at_zero & (rest[:, 0] < torch.finfo(rest.dtype).tiny)
+    return moving & at_zero & (rest[:, 0] < torch.finfo(rest.dtype).tiny)
+
+
+def _with_a_class_to_move_to(stalled, logits, is_c0):
+    """The ``stalled`` rows left a class to move to (not every other one removed)."""
     return stalled & (logits.masked_fill(is_c0, -torch.inf) > -torch.inf).any(dim=1)
 
 

@@ -278,7 +278,8 @@ GLOSSARY = {
 
 
 def glossary_markdown(markdown):
-    """The glossary section of the terms ``markdown`` names (case-sensitive), or ""."""
+    """The glossary section of the terms ``markdown`` names, or "" (names and abbreviations
+    match as written; lower-case terms also at the start of a sentence)."""
     lowered = markdown.replace("detect-then-correct", "detect then correct")
     terms = [term for term in GLOSSARY if term in lowered or term.lower() in lowered.lower()
              and term[0].islower()]

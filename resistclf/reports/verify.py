@@ -79,20 +79,9 @@ def _compare(results, recomputed):
 def rewrite(folder):
     """Verify a report, then write its Markdown and array-drawn figures again.
 
-    Parameters
-    ----------
-    folder : path
-        A report folder with ``results.json`` and ``per_image.npz``.
-
-    Returns
-    -------
-    differences : list of str
-        As :func:`verify` gives them; the report is rewritten only when this is empty.
-
-    Raises
-    ------
-    ValueError
-        As :func:`verify`, and if the report's command cannot redraw its report.
+    Parameters, returns and errors are those of :func:`verify`; the report is rewritten
+    only where no number differs. A command whose report cannot be redrawn from its
+    arrays alone raises a ValueError.
     """
     from ._report import write_report
 
